@@ -1,0 +1,82 @@
+//! Lot monitor: claims finished lots from the inspection queue and hands
+//! them to the SQAL station.
+
+use crate::params::MonitorParams;
+use crate::services::Services;
+use crate::supervisor::TaskContext;
+use crate::views::Event;
+use std::time::Duration;
+use tokio::sync::broadcast::error::RecvError;
+
+/// How long a claim stays valid. A lot still `inspecting` past its lease,
+/// after a crash for instance, is claimed again.
+pub const LEASE_SECONDS: f64 = 120.0;
+
+/// A lot claimed for inspection, with what the station needs to know.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClaimedLot {
+    pub code_lot: String,
+    pub run_id: String,
+    pub poids_moyen_final: f64,
+    pub attempts: i64,
+}
+
+/// Claims every lot that is waiting and hands each to the station. Returns
+/// how many lots were handed over.
+pub async fn step(services: &Services) -> anyhow::Result<u32> {
+    let mut handed = 0;
+    while let Some(lot) = services.store.claim_next_lot(LEASE_SECONDS).await? {
+        tracing::info!(lot.code = %lot.code_lot, attempts = lot.attempts, "lot claimed for inspection");
+        services.bus.publish(Event::LotClaimed {
+            code_lot: lot.code_lot.clone(),
+            attempts: lot.attempts,
+        });
+        services.dispatch_to_station(lot).await?;
+        handed += 1;
+    }
+    Ok(handed)
+}
+
+/// Runs the monitor: a step at start, at each "lot finished" event and every
+/// `polling_interval` seconds as a safety net.
+pub async fn run(
+    services: Services,
+    params: MonitorParams,
+    ctx: TaskContext,
+) -> anyhow::Result<String> {
+    let mut events = services.bus.subscribe();
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(params.polling_interval));
+    let mut total: u64 = 0;
+    loop {
+        let handed = step(&services).await?;
+        total += handed as u64;
+        if handed > 0 {
+            ctx.count(|counters| counters.lots += handed as u64);
+        }
+        tokio::select! {
+            _ = ctx.cancel.cancelled() => break,
+            _ = ticker.tick() => {}
+            event = wait_for_finished_lot(&mut events) => {
+                if event.is_err() {
+                    // The bus is gone: the process is shutting down.
+                    break;
+                }
+            }
+        }
+    }
+    Ok(format!("{total} lots transmis au SQAL"))
+}
+
+async fn wait_for_finished_lot(
+    events: &mut tokio::sync::broadcast::Receiver<crate::views::EventEnvelope>,
+) -> Result<(), RecvError> {
+    loop {
+        match events.recv().await {
+            Ok(envelope) if matches!(envelope.event, Event::LotFinished { .. }) => return Ok(()),
+            Ok(_) => continue,
+            // Missed events may include a finished lot: scan now.
+            Err(RecvError::Lagged(_)) => return Ok(()),
+            Err(RecvError::Closed) => return Err(RecvError::Closed),
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! Parameters of the three simulator tasks, their demo defaults and the ranges
+//! that every entry point (page, JSON API) enforces before starting anything.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Sites of the cooperative, as used in `code_lot` and device ids.
+pub const SITES: [&str; 3] = ["LL", "LS", "MT"];
+
+pub const NB_LOTS_RANGE: (u32, u32) = (1, 50);
+/// Simulated seconds per real second: 1 is real time, 86 400 makes a day last
+/// one second. The upper bound keeps one meal at least ~4 µs apart.
+pub const ACCELERATION_RANGE: (f64, f64) = (1.0, 10_000_000.0);
+pub const POLLING_INTERVAL_RANGE: (f64, f64) = (0.5, 3600.0);
+pub const SAMPLE_INTERVAL_RANGE: (f64, f64) = (0.01, 60.0);
+pub const NB_SAMPLES_RANGE: (u32, u32) = (1, 200);
+
+/// A parameter outside its allowed range. It names the field, the rejected
+/// value and the range so that the caller can fix the request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+#[error("invalid {field}: {value} (allowed: {allowed})")]
+pub struct InvalidParam {
+    pub field: String,
+    pub value: String,
+    pub allowed: String,
+}
+
+impl InvalidParam {
+    pub fn new(field: &str, value: impl fmt::Display, allowed: impl Into<String>) -> Self {
+        InvalidParam {
+            field: field.to_string(),
+            value: value.to_string(),
+            allowed: allowed.into(),
+        }
+    }
+
+    /// The same message in French, for the pages.
+    pub fn message_fr(&self) -> String {
+        format!(
+            "valeur invalide pour {} : {} (autorisé : {})",
+            self.field, self.value, self.allowed
+        )
+    }
+}
+
+fn check_u32(field: &str, value: u32, (min, max): (u32, u32)) -> Result<(), InvalidParam> {
+    if value < min || value > max {
+        return Err(InvalidParam::new(field, value, format!("{min}..={max}")));
+    }
+    Ok(())
+}
+
+fn check_f64(field: &str, value: f64, (min, max): (f64, f64)) -> Result<(), InvalidParam> {
+    if !value.is_finite() || value < min || value > max {
+        return Err(InvalidParam::new(field, value, format!("{min}..={max}")));
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GavageParams {
+    #[serde(default = "GavageParams::default_nb_lots")]
+    pub nb_lots: u32,
+    #[serde(default = "GavageParams::default_acceleration")]
+    pub acceleration: f64,
+    /// Seed of the lot generator; `None` draws a fresh one per run.
+    #[serde(default)]
+    pub seed: Option<u64>,
+}
+
+impl GavageParams {
+    fn default_nb_lots() -> u32 {
+        3
+    }
+
+    /// Three simulated days per real second: a 14-day lot finishes in about
+    /// five seconds, so the demo shows a QR code quickly.
+    fn default_acceleration() -> f64 {
+        259_200.0
+    }
+
+    pub fn validate(&self) -> Result<(), InvalidParam> {
+        check_u32("nb_lots", self.nb_lots, NB_LOTS_RANGE)?;
+        check_f64("acceleration", self.acceleration, ACCELERATION_RANGE)
+    }
+}
+
+impl Default for GavageParams {
+    fn default() -> Self {
+        GavageParams {
+            nb_lots: Self::default_nb_lots(),
+            acceleration: Self::default_acceleration(),
+            seed: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MonitorParams {
+    /// Seconds between two safety-net scans of the inspection queue.
+    #[serde(default = "MonitorParams::default_polling_interval")]
+    pub polling_interval: f64,
+}
+
+impl MonitorParams {
+    fn default_polling_interval() -> f64 {
+        10.0
+    }
+
+    pub fn validate(&self) -> Result<(), InvalidParam> {
+        check_f64(
+            "polling_interval",
+            self.polling_interval,
+            POLLING_INTERVAL_RANGE,
+        )
+    }
+}
+
+impl Default for MonitorParams {
+    fn default() -> Self {
+        MonitorParams {
+            polling_interval: Self::default_polling_interval(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqalParams {
+    #[serde(default = "SqalParams::default_device_id")]
+    pub device_id: String,
+    /// Seconds between two samples.
+    #[serde(default = "SqalParams::default_interval")]
+    pub interval: f64,
+    /// Livers measured per inspected lot.
+    #[serde(default = "SqalParams::default_nb_samples")]
+    pub nb_samples: u32,
+    /// Seed of the twin's measurements; `None` draws a fresh one per run.
+    #[serde(default)]
+    pub seed: Option<u64>,
+}
+
+impl SqalParams {
+    fn default_device_id() -> String {
+        "ESP32_LL_01".to_string()
+    }
+
+    fn default_interval() -> f64 {
+        0.2
+    }
+
+    fn default_nb_samples() -> u32 {
+        10
+    }
+
+    pub fn validate(&self) -> Result<(), InvalidParam> {
+        validate_device_id(&self.device_id)?;
+        check_f64("interval", self.interval, SAMPLE_INTERVAL_RANGE)?;
+        check_u32("nb_samples", self.nb_samples, NB_SAMPLES_RANGE)
+    }
+
+    /// Site of the station, the second part of its device id.
+    pub fn site(&self) -> &str {
+        self.device_id.split('_').nth(1).unwrap_or("LL")
+    }
+}
+
+impl Default for SqalParams {
+    fn default() -> Self {
+        SqalParams {
+            device_id: Self::default_device_id(),
+            interval: Self::default_interval(),
+            nb_samples: Self::default_nb_samples(),
+            seed: None,
+        }
+    }
+}
+
+/// Accepts `ESP32_<site>_<two digits>`, with a site of the cooperative.
+pub fn validate_device_id(device_id: &str) -> Result<(), InvalidParam> {
+    let allowed = "ESP32_<LL|LS|MT>_<00..99>";
+    let parts: Vec<&str> = device_id.split('_').collect();
+    let well_formed = parts.len() == 3
+        && parts[0] == "ESP32"
+        && SITES.contains(&parts[1])
+        && parts[2].len() == 2
+        && parts[2].bytes().all(|b| b.is_ascii_digit());
+    if !well_formed {
+        let shown: String = device_id.chars().take(40).collect();
+        return Err(InvalidParam::new(
+            "device_id",
+            format!("{shown:?}"),
+            allowed,
+        ));
+    }
+    Ok(())
+}
+
+/// Parameters of the one-click pipeline; each part falls back to its default.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineParams {
+    #[serde(default)]
+    pub gavage: GavageParams,
+    #[serde(default)]
+    pub monitor: MonitorParams,
+    #[serde(default)]
+    pub sqal: SqalParams,
+}
+
+impl PipelineParams {
+    pub fn validate(&self) -> Result<(), InvalidParam> {
+        self.gavage.validate()?;
+        self.monitor.validate()?;
+        self.sqal.validate()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(GavageParams::default().validate(), Ok(()));
+        assert_eq!(MonitorParams::default().validate(), Ok(()));
+        assert_eq!(SqalParams::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn nb_lots_bounds() {
+        let mut params = GavageParams::default();
+        params.nb_lots = 0;
+        let error = params.validate().unwrap_err();
+        assert_eq!(error.field, "nb_lots");
+        assert_eq!(error.value, "0");
+        assert_eq!(error.allowed, "1..=50");
+        params.nb_lots = 1;
+        assert!(params.validate().is_ok());
+        params.nb_lots = 50;
+        assert!(params.validate().is_ok());
+        params.nb_lots = 51;
+        assert_eq!(params.validate().unwrap_err().field, "nb_lots");
+    }
+
+    #[test]
+    fn acceleration_rejects_zero_negative_and_nan() {
+        for bad in [0.0, -5.0, 0.5, f64::NAN, f64::INFINITY, 10_000_001.0] {
+            let params = GavageParams {
+                acceleration: bad,
+                ..GavageParams::default()
+            };
+            let error = params.validate().unwrap_err();
+            assert_eq!(error.field, "acceleration", "value {bad}");
+        }
+        let params = GavageParams {
+            acceleration: 1.0,
+            ..GavageParams::default()
+        };
+        assert!(params.validate().is_ok());
+    }
+
+    #[test]
+    fn sample_interval_rejects_zero() {
+        let params = SqalParams {
+            interval: 0.0,
+            ..SqalParams::default()
+        };
+        let error = params.validate().unwrap_err();
+        assert_eq!(error.field, "interval");
+        assert_eq!(error.allowed, "0.01..=60");
+    }
+
+    #[test]
+    fn device_id_format() {
+        assert!(validate_device_id("ESP32_MT_07").is_ok());
+        for bad in [
+            "",
+            "ESP32_XX_01",
+            "ESP32_LL_1",
+            "ESP8266_LL_01",
+            "ESP32_LL_01_x",
+            "<script>",
+        ] {
+            assert_eq!(
+                validate_device_id(bad).unwrap_err().field,
+                "device_id",
+                "value {bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn json_body_with_missing_fields_uses_defaults() {
+        let params: GavageParams = serde_json::from_str(r#"{"nb_lots": 2}"#).unwrap();
+        assert_eq!(params.nb_lots, 2);
+        assert_eq!(params.acceleration, 259_200.0);
+    }
+
+    #[test]
+    fn json_body_with_unknown_field_is_rejected() {
+        let parsed = serde_json::from_str::<GavageParams>(r#"{"nb_lot": 2}"#);
+        assert!(parsed.is_err());
+    }
+
+    #[test]
+    fn error_message_names_field_value_and_range() {
+        let error = InvalidParam::new("nb_samples", 0, "1..=200");
+        assert_eq!(
+            error.to_string(),
+            "invalid nb_samples: 0 (allowed: 1..=200)"
+        );
+        assert!(error.message_fr().contains("nb_samples"));
+    }
+}

@@ -1,0 +1,693 @@
+//! Storage of the chain on SQLite (the embedded default) or PostgreSQL,
+//! through sqlx's `Any` driver. Queries use `$n` placeholders, which both
+//! engines accept, and each engine has its own migration folder.
+
+use crate::gavage::MealOutcome;
+use crate::grade::Grade;
+use crate::monitor::ClaimedLot;
+use crate::sqal::{Analysis, Measurement};
+use crate::views::{LotProgress, LotView, ProductView, SampleView, TraceView};
+use anyhow::Context;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::migrate::Migrator;
+use sqlx::{AnyPool, Row};
+use std::time::Duration;
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/postgres");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    /// Connections for writes. SQLite allows one writer at a time, so its
+    /// write pool has one connection and writers queue here instead of
+    /// failing with "database is locked".
+    write: AnyPool,
+    /// Connections for reads; on PostgreSQL the same pool as `write`.
+    read: AnyPool,
+    engine: Engine,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gaveur {
+    pub id: i64,
+    pub nom: String,
+    pub site: String,
+}
+
+pub struct NewLot<'a> {
+    pub run_id: &'a str,
+    pub gaveur_id: i64,
+    pub site: &'a str,
+    pub genetique: &'a str,
+    pub nb_canards: u32,
+    pub duree_jours: u32,
+    pub started_at: String,
+}
+
+/// A meal ready to be stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MealRow {
+    pub code_lot: String,
+    pub jour: i64,
+    pub moment: &'static str,
+    pub dose_theorique: f64,
+    pub dose_reelle: f64,
+    pub poids_moyen: f64,
+    pub nb_canards_vivants: i64,
+    pub taux_mortalite: f64,
+    pub temperature: f64,
+    pub humidite: f64,
+    pub sim_time: String,
+}
+
+impl MealRow {
+    pub fn from_outcome(code_lot: &str, meal: &MealOutcome, sim_time: String) -> MealRow {
+        MealRow {
+            code_lot: code_lot.to_string(),
+            jour: meal.jour as i64,
+            moment: meal.moment.as_str(),
+            dose_theorique: meal.dose_theorique,
+            dose_reelle: meal.dose_reelle,
+            poids_moyen: meal.poids_moyen,
+            nb_canards_vivants: meal.nb_canards_vivants as i64,
+            taux_mortalite: meal.taux_mortalite,
+            temperature: meal.temperature,
+            humidite: meal.humidite,
+            sim_time,
+        }
+    }
+}
+
+pub struct SampleRow<'a> {
+    pub code_lot: &'a str,
+    pub sample_index: u32,
+    pub device_id: &'a str,
+    pub measurement: &'a Measurement,
+    pub analysis: &'a Analysis,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampleOutcome {
+    /// False when this sample was already stored by an earlier attempt.
+    pub inserted: bool,
+    pub product: Option<ProductView>,
+}
+
+/// Turns `sqlite://file.db` into a URL that creates the file when missing.
+fn sqlite_url_with_create(url: &str) -> String {
+    if url.contains("mode=") || url.contains(":memory:") {
+        url.to_string()
+    } else if url.contains('?') {
+        format!("{url}&mode=rwc")
+    } else {
+        format!("{url}?mode=rwc")
+    }
+}
+
+const PRODUCT_COLUMNS: &str =
+    "p.product_id, p.token, p.code_lot, p.grade, p.final_score, p.tof_score, \
+     p.as7341_score, p.qr_payload, p.created_at";
+
+fn product_from_row(row: &AnyRow) -> anyhow::Result<ProductView> {
+    let grade: String = row.try_get("grade")?;
+    Ok(ProductView {
+        product_id: row.try_get("product_id")?,
+        token: row.try_get("token")?,
+        code_lot: row.try_get("code_lot")?,
+        grade: Grade::parse(&grade)
+            .with_context(|| format!("unknown grade {grade:?} in products"))?,
+        final_score: row.try_get("final_score")?,
+        tof_score: row.try_get("tof_score")?,
+        as7341_score: row.try_get("as7341_score")?,
+        qr_payload: row.try_get("qr_payload")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+impl Store {
+    /// Connects to `database_url` (`sqlite://…` or `postgres://…`) and applies
+    /// the migrations of that engine.
+    pub async fn connect(database_url: &str) -> anyhow::Result<Store> {
+        sqlx::any::install_default_drivers();
+        let engine = if database_url.starts_with("sqlite:") {
+            Engine::Sqlite
+        } else if database_url.starts_with("postgres:") || database_url.starts_with("postgresql:") {
+            Engine::Postgres
+        } else {
+            anyhow::bail!(
+                "DATABASE_URL must start with sqlite: or postgres:, got {database_url:?}"
+            );
+        };
+
+        let store = match engine {
+            Engine::Sqlite => {
+                let url = sqlite_url_with_create(database_url);
+                let options = || {
+                    AnyPoolOptions::new()
+                        .acquire_timeout(Duration::from_secs(10))
+                        .after_connect(|connection, _| {
+                            Box::pin(async move {
+                                sqlx::query("PRAGMA foreign_keys = ON")
+                                    .execute(&mut *connection)
+                                    .await?;
+                                sqlx::query("PRAGMA busy_timeout = 5000")
+                                    .execute(&mut *connection)
+                                    .await?;
+                                sqlx::query("PRAGMA synchronous = NORMAL")
+                                    .execute(&mut *connection)
+                                    .await?;
+                                Ok(())
+                            })
+                        })
+                };
+                let write = options()
+                    .max_connections(1)
+                    .connect(&url)
+                    .await
+                    .with_context(|| format!("cannot open SQLite database {database_url}"))?;
+                sqlx::query("PRAGMA journal_mode = WAL")
+                    .execute(&write)
+                    .await
+                    .context("cannot switch SQLite to WAL mode")?;
+                let read = options()
+                    .max_connections(8)
+                    .connect(&url)
+                    .await
+                    .with_context(|| format!("cannot open SQLite database {database_url}"))?;
+                Store {
+                    write,
+                    read,
+                    engine,
+                }
+            }
+            Engine::Postgres => {
+                let pool = AnyPoolOptions::new()
+                    .max_connections(16)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect(database_url)
+                    .await
+                    .with_context(|| format!("cannot connect to PostgreSQL at {database_url}"))?;
+                Store {
+                    write: pool.clone(),
+                    read: pool,
+                    engine,
+                }
+            }
+        };
+
+        let migrator = match engine {
+            Engine::Sqlite => &SQLITE_MIGRATIONS,
+            Engine::Postgres => &POSTGRES_MIGRATIONS,
+        };
+        migrator
+            .run(&store.write)
+            .await
+            .context("database migration failed")?;
+        Ok(store)
+    }
+
+    pub fn engine(&self) -> Engine {
+        self.engine
+    }
+
+    /// Checks that the database responds to a trivial query.
+    pub async fn ping(&self) -> anyhow::Result<()> {
+        sqlx::query("SELECT 1").execute(&self.read).await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.read.close().await;
+        self.write.close().await;
+    }
+
+    pub async fn insert_gavage_run(
+        &self,
+        run_id: &str,
+        nb_lots: u32,
+        acceleration: f64,
+        seed: u64,
+    ) -> anyhow::Result<()> {
+        sqlx::query("INSERT INTO gavage_runs (run_id, started_at, nb_lots, acceleration, seed) VALUES ($1, $2, $3, $4, $5)")
+            .bind(run_id)
+            .bind(crate::time::now())
+            .bind(nb_lots as i64)
+            .bind(acceleration)
+            // Stored bit for bit: the column is a signed 64-bit integer.
+            .bind(seed as i64)
+            .execute(&self.write)
+            .await
+            .context("insert gavage run")?;
+        Ok(())
+    }
+
+    pub async fn gaveurs(&self) -> anyhow::Result<Vec<Gaveur>> {
+        let rows = sqlx::query("SELECT id, nom, site FROM gaveurs ORDER BY id")
+            .fetch_all(&self.read)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Gaveur {
+                    id: row.try_get("id")?,
+                    nom: row.try_get("nom")?,
+                    site: row.try_get("site")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Creates a lot and returns its `code_lot`: site, YYMM of its start and
+    /// the next sequence number of that site and month, kept in
+    /// `lot_sequences` so that later runs never reuse a code.
+    pub async fn create_lot(&self, lot: &NewLot<'_>) -> anyhow::Result<String> {
+        let yymm = format!("{}{}", &lot.started_at[2..4], &lot.started_at[5..7]);
+        let mut tx = self.write.begin().await?;
+        let seq: i64 = sqlx::query(
+            "INSERT INTO lot_sequences (site, yymm, last_seq) VALUES ($1, $2, 1) \
+             ON CONFLICT (site, yymm) DO UPDATE SET last_seq = lot_sequences.last_seq + 1 \
+             RETURNING last_seq",
+        )
+        .bind(lot.site)
+        .bind(&yymm)
+        .fetch_one(&mut *tx)
+        .await
+        .context("next lot sequence")?
+        .try_get("last_seq")?;
+        anyhow::ensure!(
+            seq <= 999,
+            "no code_lot left for site {} in {yymm}: 999 lots already",
+            lot.site
+        );
+        let code_lot = format!("{}{}{:03}", lot.site, yymm, seq);
+
+        sqlx::query(
+            "INSERT INTO lots (code_lot, run_id, gaveur_id, site, genetique, nb_canards, duree_jours, status, started_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'en_gavage', $8)",
+        )
+        .bind(&code_lot)
+        .bind(lot.run_id)
+        .bind(lot.gaveur_id)
+        .bind(lot.site)
+        .bind(lot.genetique)
+        .bind(lot.nb_canards as i64)
+        .bind(lot.duree_jours as i64)
+        .bind(&lot.started_at)
+        .execute(&mut *tx)
+        .await
+        .with_context(|| format!("insert lot {code_lot}"))?;
+        tx.commit().await?;
+        Ok(code_lot)
+    }
+
+    async fn insert_meal(executor: &mut sqlx::AnyConnection, meal: &MealRow) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT INTO meals (code_lot, jour, moment, dose_theorique, dose_reelle, poids_moyen, \
+             nb_canards_vivants, taux_mortalite, temperature, humidite, sim_time, recorded_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind(&meal.code_lot)
+        .bind(meal.jour)
+        .bind(meal.moment)
+        .bind(meal.dose_theorique)
+        .bind(meal.dose_reelle)
+        .bind(meal.poids_moyen)
+        .bind(meal.nb_canards_vivants)
+        .bind(meal.taux_mortalite)
+        .bind(meal.temperature)
+        .bind(meal.humidite)
+        .bind(&meal.sim_time)
+        .bind(crate::time::now())
+        .execute(executor)
+        .await
+        .with_context(|| {
+            format!(
+                "insert meal {} jour {} {}",
+                meal.code_lot, meal.jour, meal.moment
+            )
+        })?;
+        Ok(())
+    }
+
+    pub async fn record_meal(&self, meal: &MealRow) -> anyhow::Result<()> {
+        let mut connection = self.write.acquire().await?;
+        Self::insert_meal(&mut connection, meal).await
+    }
+
+    /// Records a lot's last meal, marks the lot `pret_abattage` and queues it
+    /// for inspection, in one transaction.
+    pub async fn record_final_meal(&self, meal: &MealRow) -> anyhow::Result<()> {
+        let now = crate::time::now();
+        let mut tx = self.write.begin().await?;
+        Self::insert_meal(&mut tx, meal).await?;
+        sqlx::query(
+            "UPDATE lots SET status = 'pret_abattage', finished_at = $1 WHERE code_lot = $2",
+        )
+        .bind(&now)
+        .bind(&meal.code_lot)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO sqal_pending_lots (code_lot, gaveur_id, site, genetique, poids_moyen_final, \
+             nb_canards_final, taux_mortalite, slaughter_at, status, attempts, created_at, updated_at) \
+             SELECT code_lot, gaveur_id, site, genetique, $1, $2, $3, $4, 'pending', 0, $4, $4 \
+             FROM lots WHERE code_lot = $5",
+        )
+        .bind(meal.poids_moyen)
+        .bind(meal.nb_canards_vivants)
+        .bind(meal.taux_mortalite)
+        .bind(&now)
+        .bind(&meal.code_lot)
+        .execute(&mut *tx)
+        .await
+        .with_context(|| format!("queue lot {} for inspection", meal.code_lot))?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Claims the oldest lot that is pending, or whose inspection lease has
+    /// expired, and gives it a new lease. The claim is one statement, so two
+    /// monitors never claim the same lot.
+    pub async fn claim_next_lot(&self, lease_seconds: f64) -> anyhow::Result<Option<ClaimedLot>> {
+        let now = crate::time::now();
+        let lock = match self.engine {
+            Engine::Postgres => " FOR UPDATE SKIP LOCKED",
+            Engine::Sqlite => "",
+        };
+        let sql = format!(
+            "UPDATE sqal_pending_lots SET status = 'inspecting', attempts = attempts + 1, \
+             lease_until = $1, updated_at = $2 \
+             WHERE code_lot = (SELECT code_lot FROM sqal_pending_lots \
+                WHERE status = 'pending' OR (status = 'inspecting' AND lease_until < $2) \
+                ORDER BY created_at, code_lot LIMIT 1{lock}) \
+             RETURNING code_lot, poids_moyen_final, attempts"
+        );
+        let mut tx = self.write.begin().await?;
+        let row = sqlx::query(&sql)
+            .bind(crate::time::in_seconds(lease_seconds))
+            .bind(&now)
+            .fetch_optional(&mut *tx)
+            .await
+            .context("claim a lot for inspection")?;
+        let Some(row) = row else {
+            tx.commit().await?;
+            return Ok(None);
+        };
+        let code_lot: String = row.try_get("code_lot")?;
+        let run_id: String = sqlx::query("SELECT run_id FROM lots WHERE code_lot = $1")
+            .bind(&code_lot)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("run_id")?;
+        tx.commit().await?;
+        Ok(Some(ClaimedLot {
+            code_lot,
+            run_id,
+            poids_moyen_final: row.try_get("poids_moyen_final")?,
+            attempts: row.try_get("attempts")?,
+        }))
+    }
+
+    /// Stores a graded sample and, when it is compliant, its product with a
+    /// fresh trace token, in one transaction. A sample already stored by an
+    /// earlier attempt at the same lot is left as it is and gets no second
+    /// product.
+    pub async fn record_sample(
+        &self,
+        sample: &SampleRow<'_>,
+        public_url: &str,
+    ) -> anyhow::Result<SampleOutcome> {
+        let analysis = sample.analysis;
+        let measurement = sample.measurement;
+        let now = crate::time::now();
+        let mut tx = self.write.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO sqal_samples (code_lot, sample_index, device_id, measured_at, tof_distances, \
+             as7341_counts, as7341_gain, as7341_integration_ms, volume_cm3, estimated_weight_g, \
+             surface_uniformity, freshness_index, tof_score, as7341_score, final_score, grade, invalid_reason) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
+             ON CONFLICT (code_lot, sample_index) DO NOTHING RETURNING id",
+        )
+        .bind(sample.code_lot)
+        .bind(sample.sample_index as i64)
+        .bind(sample.device_id)
+        .bind(&now)
+        .bind(serde_json::to_string(&measurement.tof_distances)?)
+        .bind(serde_json::to_string(&measurement.as7341_counts)?)
+        .bind(measurement.as7341_gain)
+        .bind(measurement.as7341_integration_ms)
+        .bind(analysis.volume_cm3)
+        .bind(analysis.estimated_weight_g)
+        .bind(analysis.surface_uniformity)
+        .bind(analysis.freshness_index)
+        .bind(analysis.tof_score)
+        .bind(analysis.as7341_score)
+        .bind(analysis.final_score)
+        .bind(analysis.grade.map(|grade| grade.as_str()))
+        .bind(analysis.invalid_reason.as_deref())
+        .fetch_optional(&mut *tx)
+        .await
+        .with_context(|| format!("insert sample {} of lot {}", sample.sample_index, sample.code_lot))?;
+
+        let Some(inserted) = inserted else {
+            tx.commit().await?;
+            return Ok(SampleOutcome {
+                inserted: false,
+                product: None,
+            });
+        };
+        let sample_id: i64 = inserted.try_get("id")?;
+        let Some(grade) = analysis.grade.filter(|grade| grade.is_compliant()) else {
+            tx.commit().await?;
+            return Ok(SampleOutcome {
+                inserted: true,
+                product: None,
+            });
+        };
+
+        let token = crate::qr::new_token();
+        let qr_payload = crate::qr::payload(
+            public_url,
+            &token,
+            sample.code_lot,
+            grade.as_str(),
+            analysis.tof_score,
+            analysis.as7341_score,
+        );
+        let id: i64 = sqlx::query(
+            "INSERT INTO products (token, sample_id, code_lot, grade, final_score, tof_score, as7341_score, qr_payload, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+        )
+        .bind(&token)
+        .bind(sample_id)
+        .bind(sample.code_lot)
+        .bind(grade.as_str())
+        .bind(analysis.final_score)
+        .bind(analysis.tof_score)
+        .bind(analysis.as7341_score)
+        .bind(&qr_payload)
+        .bind(&now)
+        .fetch_one(&mut *tx)
+        .await
+        .context("insert product")?
+        .try_get("id")?;
+        let site: String = sqlx::query("SELECT site FROM lots WHERE code_lot = $1")
+            .bind(sample.code_lot)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("site")?;
+        let product_id = format!("FG_{}_{}_{:010}", site, now[..10].replace('-', ""), id);
+        sqlx::query("UPDATE products SET product_id = $1 WHERE id = $2")
+            .bind(&product_id)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+
+        Ok(SampleOutcome {
+            inserted: true,
+            product: Some(ProductView {
+                product_id,
+                token,
+                code_lot: sample.code_lot.to_string(),
+                grade,
+                final_score: analysis.final_score,
+                tof_score: analysis.tof_score,
+                as7341_score: analysis.as7341_score,
+                qr_payload,
+                created_at: now,
+            }),
+        })
+    }
+
+    pub async fn finish_inspection(&self, code_lot: &str, verdict: &str) -> anyhow::Result<()> {
+        sqlx::query("UPDATE sqal_pending_lots SET status = 'inspected', verdict = $1, lease_until = NULL, updated_at = $2 WHERE code_lot = $3")
+            .bind(verdict)
+            .bind(crate::time::now())
+            .bind(code_lot)
+            .execute(&self.write)
+            .await
+            .with_context(|| format!("finish inspection of lot {code_lot}"))?;
+        Ok(())
+    }
+
+    pub async fn latest_product(&self) -> anyhow::Result<Option<ProductView>> {
+        let sql = format!("SELECT {PRODUCT_COLUMNS} FROM products p ORDER BY p.id DESC LIMIT 1");
+        let row = sqlx::query(&sql).fetch_optional(&self.read).await?;
+        row.as_ref().map(product_from_row).transpose()
+    }
+
+    /// Products, newest first, optionally of one lot.
+    pub async fn products(
+        &self,
+        code_lot: Option<&str>,
+        limit: i64,
+    ) -> anyhow::Result<Vec<ProductView>> {
+        let rows = match code_lot {
+            Some(code_lot) => {
+                let sql = format!("SELECT {PRODUCT_COLUMNS} FROM products p WHERE p.code_lot = $1 ORDER BY p.id DESC LIMIT $2");
+                sqlx::query(&sql)
+                    .bind(code_lot)
+                    .bind(limit)
+                    .fetch_all(&self.read)
+                    .await?
+            }
+            None => {
+                let sql =
+                    format!("SELECT {PRODUCT_COLUMNS} FROM products p ORDER BY p.id DESC LIMIT $1");
+                sqlx::query(&sql).bind(limit).fetch_all(&self.read).await?
+            }
+        };
+        rows.iter().map(product_from_row).collect()
+    }
+
+    /// Returns the first product made from a lot of gavage run `run_id`.
+    pub async fn first_product_of_run(&self, run_id: &str) -> anyhow::Result<Option<ProductView>> {
+        let sql = format!(
+            "SELECT {PRODUCT_COLUMNS} FROM products p JOIN lots l ON l.code_lot = p.code_lot \
+             WHERE l.run_id = $1 ORDER BY p.id LIMIT 1"
+        );
+        let row = sqlx::query(&sql)
+            .bind(run_id)
+            .fetch_optional(&self.read)
+            .await?;
+        row.as_ref().map(product_from_row).transpose()
+    }
+
+    /// Everything the trace page shows for `token`, or `None` if no product
+    /// has it.
+    pub async fn trace(&self, token: &str) -> anyhow::Result<Option<TraceView>> {
+        let sql = format!(
+            "SELECT {PRODUCT_COLUMNS}, l.run_id, l.site, s.region, g.nom AS gaveur, l.genetique, l.nb_canards, \
+             l.duree_jours, l.status AS lot_status, l.started_at AS lot_started_at, l.finished_at, \
+             q.poids_moyen_final, q.nb_canards_final, q.taux_mortalite, \
+             (SELECT COUNT(*) FROM meals m WHERE m.code_lot = l.code_lot) AS meal_count, \
+             x.device_id, x.measured_at, x.estimated_weight_g, x.volume_cm3, x.surface_uniformity, \
+             x.freshness_index, x.tof_distances, x.as7341_counts \
+             FROM products p \
+             JOIN lots l ON l.code_lot = p.code_lot \
+             JOIN sites s ON s.code = l.site \
+             JOIN gaveurs g ON g.id = l.gaveur_id \
+             JOIN sqal_samples x ON x.id = p.sample_id \
+             LEFT JOIN sqal_pending_lots q ON q.code_lot = l.code_lot \
+             WHERE p.token = $1"
+        );
+        let Some(row) = sqlx::query(&sql)
+            .bind(token)
+            .fetch_optional(&self.read)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let product = product_from_row(&row)?;
+        let lot = LotView {
+            code_lot: product.code_lot.clone(),
+            run_id: row.try_get("run_id")?,
+            gaveur: row.try_get("gaveur")?,
+            site: row.try_get("site")?,
+            region: row.try_get("region")?,
+            genetique: row.try_get("genetique")?,
+            nb_canards: row.try_get("nb_canards")?,
+            duree_jours: row.try_get("duree_jours")?,
+            status: row.try_get("lot_status")?,
+            started_at: row.try_get("lot_started_at")?,
+            finished_at: row.try_get("finished_at")?,
+            meals: row.try_get("meal_count")?,
+            poids_moyen_final: row.try_get("poids_moyen_final")?,
+            nb_canards_vivants: row.try_get("nb_canards_final")?,
+            taux_mortalite: row.try_get("taux_mortalite")?,
+        };
+        let distances: String = row.try_get("tof_distances")?;
+        let counts: String = row.try_get("as7341_counts")?;
+        let sample = SampleView {
+            device_id: row.try_get("device_id")?,
+            measured_at: row.try_get("measured_at")?,
+            estimated_weight_g: row.try_get("estimated_weight_g")?,
+            volume_cm3: row.try_get("volume_cm3")?,
+            surface_uniformity: row.try_get("surface_uniformity")?,
+            freshness_index: row.try_get("freshness_index")?,
+            tof_distances: serde_json::from_str(&distances).context("stored ToF distances")?,
+            as7341_counts: serde_json::from_str(&counts).context("stored AS7341 counts")?,
+        };
+        Ok(Some(TraceView {
+            product,
+            lot,
+            sample,
+        }))
+    }
+
+    /// Lots of the most recent gavage run, with their progress.
+    pub async fn latest_run_lots(&self) -> anyhow::Result<Vec<LotProgress>> {
+        let rows = sqlx::query(
+            "SELECT l.code_lot, g.nom AS gaveur, l.site, l.genetique, l.duree_jours, \
+             CASE WHEN q.verdict IS NULL THEN COALESCE(q.status, l.status) \
+             ELSE q.status || ' (' || q.verdict || ')' END AS status, \
+             (SELECT COUNT(*) FROM meals m WHERE m.code_lot = l.code_lot) AS meals_done, \
+             m.jour, m.poids_moyen, m.nb_canards_vivants, m.taux_mortalite \
+             FROM lots l \
+             JOIN gaveurs g ON g.id = l.gaveur_id \
+             LEFT JOIN sqal_pending_lots q ON q.code_lot = l.code_lot \
+             LEFT JOIN meals m ON m.id = (SELECT MAX(id) FROM meals WHERE code_lot = l.code_lot) \
+             WHERE l.run_id = (SELECT run_id FROM gavage_runs ORDER BY started_at DESC LIMIT 1) \
+             ORDER BY l.code_lot",
+        )
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let duree: i64 = row.try_get("duree_jours")?;
+                Ok(LotProgress {
+                    code_lot: row.try_get("code_lot")?,
+                    gaveur: row.try_get("gaveur")?,
+                    site: row.try_get("site")?,
+                    genetique: row.try_get("genetique")?,
+                    duree_jours: duree,
+                    meals_done: row.try_get("meals_done")?,
+                    meals_total: 2 * (duree + 1),
+                    jour: row.try_get::<Option<i64>, _>("jour")?.unwrap_or(0),
+                    poids_moyen: row.try_get("poids_moyen")?,
+                    nb_canards_vivants: row.try_get("nb_canards_vivants")?,
+                    taux_mortalite: row.try_get("taux_mortalite")?,
+                    status: row.try_get("status")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Lots waiting in the inspection queue, and lots being inspected.
+    pub async fn queue_counts(&self) -> anyhow::Result<(i64, i64)> {
+        let row = sqlx::query(
+            "SELECT COALESCE(SUM(CASE WHEN status = 'pending' THEN 1 ELSE 0 END), 0) AS pending, \
+             COALESCE(SUM(CASE WHEN status = 'inspecting' THEN 1 ELSE 0 END), 0) AS inspecting \
+             FROM sqal_pending_lots",
+        )
+        .fetch_one(&self.read)
+        .await?;
+        Ok((row.try_get("pending")?, row.try_get("inspecting")?))
+    }
+}

@@ -1,0 +1,246 @@
+//! Supervisor of the simulator tasks: one instance of each task at a time,
+//! idempotent start, immediate stop, and a status with counters.
+
+use crate::bus::EventBus;
+use crate::views::{Event, TaskCounters, TaskName, TaskState, TaskStatus};
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// How long `stop` waits for a task to wind down before aborting it.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum StartOutcome {
+    Started(TaskStatus),
+    /// The task was already starting or running; nothing changed.
+    AlreadyRunning(TaskStatus),
+    /// The task is stopping; start it again once it has stopped.
+    Stopping(TaskStatus),
+}
+
+impl StartOutcome {
+    pub fn status(&self) -> &TaskStatus {
+        match self {
+            StartOutcome::Started(status)
+            | StartOutcome::AlreadyRunning(status)
+            | StartOutcome::Stopping(status) => status,
+        }
+    }
+}
+
+struct Slot {
+    status: TaskStatus,
+    cancel: Option<CancellationToken>,
+    handle: Option<JoinHandle<()>>,
+    /// Incremented at each start, so a finished run cannot overwrite the
+    /// status of a newer one.
+    generation: u64,
+}
+
+#[derive(Clone)]
+pub struct Supervisor {
+    slots: Arc<Mutex<HashMap<TaskName, Slot>>>,
+    bus: EventBus,
+}
+
+/// What a running task gets: its cancellation token and a way to count work.
+#[derive(Clone)]
+pub struct TaskContext {
+    pub cancel: CancellationToken,
+    task: TaskName,
+    generation: u64,
+    slots: Arc<Mutex<HashMap<TaskName, Slot>>>,
+}
+
+impl TaskContext {
+    pub fn count(&self, update: impl FnOnce(&mut TaskCounters)) {
+        let mut slots = self.slots.lock().expect("supervisor lock");
+        if let Some(slot) = slots.get_mut(&self.task) {
+            if slot.generation == self.generation {
+                update(&mut slot.status.counters);
+            }
+        }
+    }
+}
+
+impl Supervisor {
+    pub fn new(bus: EventBus) -> Self {
+        let slots = TaskName::ALL
+            .into_iter()
+            .map(|task| {
+                let slot = Slot {
+                    status: TaskStatus::stopped(task),
+                    cancel: None,
+                    handle: None,
+                    generation: 0,
+                };
+                (task, slot)
+            })
+            .collect();
+        Supervisor {
+            slots: Arc::new(Mutex::new(slots)),
+            bus,
+        }
+    }
+
+    pub fn status(&self, task: TaskName) -> TaskStatus {
+        self.slots.lock().expect("supervisor lock")[&task]
+            .status
+            .clone()
+    }
+
+    pub fn statuses(&self) -> Vec<TaskStatus> {
+        TaskName::ALL
+            .into_iter()
+            .map(|task| self.status(task))
+            .collect()
+    }
+
+    pub fn is_active(&self, task: TaskName) -> bool {
+        self.status(task).state.is_active()
+    }
+
+    /// Starts `task` with the future that `body` builds, unless the task is
+    /// already active. The lock is held from the check to the spawn, so
+    /// concurrent starts launch a single instance.
+    pub fn start<F, Fut>(
+        &self,
+        task: TaskName,
+        params: serde_json::Value,
+        run_id: Option<String>,
+        body: F,
+    ) -> StartOutcome
+    where
+        F: FnOnce(TaskContext) -> Fut,
+        Fut: Future<Output = anyhow::Result<String>> + Send + 'static,
+    {
+        let mut slots = self.slots.lock().expect("supervisor lock");
+        let slot = slots.get_mut(&task).expect("every task has a slot");
+        match slot.status.state {
+            TaskState::Starting | TaskState::Running => {
+                return StartOutcome::AlreadyRunning(slot.status.clone())
+            }
+            TaskState::Stopping => return StartOutcome::Stopping(slot.status.clone()),
+            TaskState::Stopped | TaskState::Failed => {}
+        }
+
+        slot.generation += 1;
+        let generation = slot.generation;
+        let cancel = CancellationToken::new();
+        slot.status = TaskStatus {
+            task,
+            state: TaskState::Running,
+            params: Some(params),
+            run_id,
+            started_at: Some(crate::time::now()),
+            counters: TaskCounters::default(),
+            note: None,
+            last_error: None,
+        };
+        let ctx = TaskContext {
+            cancel: cancel.clone(),
+            task,
+            generation,
+            slots: self.slots.clone(),
+        };
+        let future = body(ctx);
+        let supervisor = self.clone();
+        slot.handle = Some(tokio::spawn(async move {
+            let result = future.await;
+            supervisor.finish(task, generation, result);
+        }));
+        slot.cancel = Some(cancel);
+        let status = slot.status.clone();
+        drop(slots);
+
+        tracing::info!(task = task.as_str(), "task started");
+        self.bus.publish(Event::Task {
+            status: status.clone(),
+        });
+        StartOutcome::Started(status)
+    }
+
+    /// Records how a run ended, unless `stop` already owns the slot.
+    fn finish(&self, task: TaskName, generation: u64, result: anyhow::Result<String>) {
+        let mut slots = self.slots.lock().expect("supervisor lock");
+        let slot = slots.get_mut(&task).expect("every task has a slot");
+        if slot.generation != generation || slot.status.state != TaskState::Running {
+            return;
+        }
+        match result {
+            Ok(note) => {
+                tracing::info!(task = task.as_str(), note = %note, "task finished");
+                slot.status.state = TaskState::Stopped;
+                slot.status.note = Some(note);
+            }
+            Err(error) => {
+                tracing::error!(
+                    task = task.as_str(),
+                    error = format!("{error:#}"),
+                    "task failed"
+                );
+                slot.status.state = TaskState::Failed;
+                slot.status.last_error = Some(format!("{error:#}"));
+            }
+        }
+        slot.cancel = None;
+        slot.handle = None;
+        let status = slot.status.clone();
+        drop(slots);
+        self.bus.publish(Event::Task { status });
+    }
+
+    /// Stops `task` now: cancels it, waits up to five seconds for it to wind
+    /// down, then aborts it. Stopping a stopped task changes nothing.
+    pub async fn stop(&self, task: TaskName) -> TaskStatus {
+        let (cancel, handle, status) = {
+            let mut slots = self.slots.lock().expect("supervisor lock");
+            let slot = slots.get_mut(&task).expect("every task has a slot");
+            if slot.status.state != TaskState::Running && slot.status.state != TaskState::Starting {
+                return slot.status.clone();
+            }
+            slot.status.state = TaskState::Stopping;
+            (slot.cancel.take(), slot.handle.take(), slot.status.clone())
+        };
+        self.bus.publish(Event::Task { status });
+
+        if let Some(cancel) = cancel {
+            cancel.cancel();
+        }
+        if let Some(mut handle) = handle {
+            if tokio::time::timeout(STOP_GRACE, &mut handle).await.is_err() {
+                tracing::warn!(
+                    task = task.as_str(),
+                    "task did not stop in time, aborting it"
+                );
+                handle.abort();
+            }
+        }
+
+        let status = {
+            let mut slots = self.slots.lock().expect("supervisor lock");
+            let slot = slots.get_mut(&task).expect("every task has a slot");
+            slot.status.state = TaskState::Stopped;
+            if slot.status.note.is_none() {
+                slot.status.note = Some("arrêté".to_string());
+            }
+            slot.status.clone()
+        };
+        tracing::info!(task = task.as_str(), "task stopped");
+        self.bus.publish(Event::Task {
+            status: status.clone(),
+        });
+        status
+    }
+
+    /// Stops every task, for shutdown.
+    pub async fn stop_all(&self) {
+        for task in TaskName::ALL {
+            self.stop(task).await;
+        }
+    }
+}

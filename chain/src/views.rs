@@ -1,0 +1,213 @@
+//! Read models sent to pages and API clients, and the events of the chain.
+
+use crate::grade::Grade;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskName {
+    Gavage,
+    Monitor,
+    Sqal,
+}
+
+impl TaskName {
+    pub const ALL: [TaskName; 3] = [TaskName::Gavage, TaskName::Monitor, TaskName::Sqal];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskName::Gavage => "gavage",
+            TaskName::Monitor => "monitor",
+            TaskName::Sqal => "sqal",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<TaskName> {
+        TaskName::ALL.into_iter().find(|task| task.as_str() == text)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskState {
+    Stopped,
+    Starting,
+    Running,
+    Stopping,
+    Failed,
+}
+
+impl TaskState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Stopped => "stopped",
+            TaskState::Starting => "starting",
+            TaskState::Running => "running",
+            TaskState::Stopping => "stopping",
+            TaskState::Failed => "failed",
+        }
+    }
+
+    pub fn is_active(self) -> bool {
+        matches!(self, TaskState::Starting | TaskState::Running)
+    }
+}
+
+/// Work done by a task since it last started.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskCounters {
+    pub lots: u64,
+    pub meals: u64,
+    pub samples: u64,
+    pub products: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskStatus {
+    pub task: TaskName,
+    pub state: TaskState,
+    /// Parameters of the current or last run, as JSON.
+    pub params: Option<serde_json::Value>,
+    /// Identifier of the current or last gavage run; lots carry it.
+    pub run_id: Option<String>,
+    pub started_at: Option<String>,
+    pub counters: TaskCounters,
+    /// Short note on how the last run ended, such as "3 lots terminés".
+    pub note: Option<String>,
+    pub last_error: Option<String>,
+}
+
+impl TaskStatus {
+    pub fn stopped(task: TaskName) -> Self {
+        TaskStatus {
+            task,
+            state: TaskState::Stopped,
+            params: None,
+            run_id: None,
+            started_at: None,
+            counters: TaskCounters::default(),
+            note: None,
+            last_error: None,
+        }
+    }
+}
+
+/// A traceable product as the JSON API and the demo page show it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProductView {
+    pub product_id: String,
+    pub token: String,
+    pub code_lot: String,
+    pub grade: Grade,
+    pub final_score: f64,
+    pub tof_score: f64,
+    pub as7341_score: f64,
+    pub qr_payload: String,
+    pub created_at: String,
+}
+
+/// The lot behind a product, as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LotView {
+    pub code_lot: String,
+    pub run_id: String,
+    pub gaveur: String,
+    pub site: String,
+    pub region: String,
+    pub genetique: String,
+    pub nb_canards: i64,
+    pub duree_jours: i64,
+    pub status: String,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    pub meals: i64,
+    pub poids_moyen_final: Option<f64>,
+    pub nb_canards_vivants: Option<i64>,
+    pub taux_mortalite: Option<f64>,
+}
+
+/// The measurement that produced a product's grade.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SampleView {
+    pub device_id: String,
+    pub measured_at: String,
+    pub estimated_weight_g: Option<f64>,
+    pub volume_cm3: Option<f64>,
+    pub surface_uniformity: Option<f64>,
+    pub freshness_index: Option<f64>,
+    /// 64 ToF distances in mm, row by row.
+    pub tof_distances: Vec<f64>,
+    /// AS7341 counts in the order F1..F8, Clear, NIR.
+    pub as7341_counts: Vec<f64>,
+}
+
+/// Everything the consumer page shows for one trace token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TraceView {
+    pub product: ProductView,
+    pub lot: LotView,
+    pub sample: SampleView,
+}
+
+/// One lot of the current gavage run, as the demo page follows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LotProgress {
+    pub code_lot: String,
+    pub gaveur: String,
+    pub site: String,
+    pub genetique: String,
+    pub duree_jours: i64,
+    pub meals_done: i64,
+    pub meals_total: i64,
+    pub jour: i64,
+    pub poids_moyen: Option<f64>,
+    pub nb_canards_vivants: Option<i64>,
+    pub taux_mortalite: Option<f64>,
+    pub status: String,
+}
+
+/// A state change of the chain. Pages receive them over Server-Sent Events.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    Task {
+        status: TaskStatus,
+    },
+    LotCreated {
+        run_id: String,
+        lot: LotProgress,
+    },
+    MealRecorded {
+        lot: LotProgress,
+    },
+    LotFinished {
+        code_lot: String,
+    },
+    LotClaimed {
+        code_lot: String,
+        attempts: i64,
+    },
+    SampleGraded {
+        code_lot: String,
+        sample_index: i64,
+        grade: Option<Grade>,
+        final_score: f64,
+        invalid_reason: Option<String>,
+    },
+    ProductCreated {
+        run_id: String,
+        product: ProductView,
+    },
+    LotInspected {
+        code_lot: String,
+        verdict: String,
+    },
+}
+
+/// An event with its sequence number and time, as sent on the stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventEnvelope {
+    pub id: u64,
+    pub at: String,
+    pub event: Event,
+}

@@ -1,0 +1,262 @@
+//! Storage tests, run on a fresh SQLite file and on a fresh PostgreSQL
+//! database (`FILIERE_TEST_POSTGRES`, by default the local server's `test`
+//! database, used only to create one database per test).
+
+use chain::gavage::{MealOutcome, Moment};
+use chain::sqal::{analyze, simulate};
+use chain::store::{MealRow, NewLot, SampleRow, Store};
+use rand::SeedableRng;
+
+const DEFAULT_POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// A fresh database of each engine, with the directory that contains the
+/// SQLite file.
+struct Databases {
+    _dir: tempfile::TempDir,
+    urls: Vec<String>,
+}
+
+async fn fresh_databases() -> Databases {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let sqlite = format!("sqlite://{}", dir.path().join("store.db").display());
+    let admin_url =
+        std::env::var("FILIERE_TEST_POSTGRES").unwrap_or_else(|_| DEFAULT_POSTGRES.to_string());
+    sqlx::any::install_default_drivers();
+    let name = format!("filiere_test_{:016x}", rand::random::<u64>());
+    let mut admin = <sqlx::AnyConnection as sqlx::Connection>::connect(&admin_url)
+        .await
+        .unwrap_or_else(|error| {
+            panic!("PostgreSQL at {admin_url} is needed for the storage tests: {error}")
+        });
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .expect("create test database");
+    let postgres = match admin_url.rsplit_once('/') {
+        Some((server, _)) => format!("{server}/{name}"),
+        None => panic!("FILIERE_TEST_POSTGRES has no database part: {admin_url}"),
+    };
+    Databases {
+        _dir: dir,
+        urls: vec![sqlite, postgres],
+    }
+}
+
+fn meal(code_lot: &str, jour: u32, moment: Moment, is_last: bool) -> MealRow {
+    let outcome = MealOutcome {
+        jour,
+        moment,
+        dose_theorique: 300.0,
+        dose_reelle: 301.5,
+        poids_moyen: 6500.0,
+        nb_canards_vivants: 48,
+        taux_mortalite: 2.0,
+        temperature: 21.0,
+        humidite: 60.0,
+        is_last,
+    };
+    MealRow::from_outcome(code_lot, &outcome, "2026-12-04T10:00:00.000Z".to_string())
+}
+
+async fn new_lot(store: &Store, run_id: &str) -> String {
+    store
+        .create_lot(&NewLot {
+            run_id,
+            gaveur_id: 1,
+            site: "LL",
+            genetique: "Mulard",
+            nb_canards: 50,
+            duree_jours: 12,
+            started_at: "2026-12-04T09:00:00.000Z".to_string(),
+        })
+        .await
+        .expect("lot created")
+}
+
+#[tokio::test]
+async fn code_lot_sequence_survives_reconnect() {
+    for url in fresh_databases().await.urls {
+        let store = Store::connect(&url).await.unwrap();
+        store.insert_gavage_run("R1", 1, 1000.0, 7).await.unwrap();
+        assert_eq!(new_lot(&store, "R1").await, "LL2612001", "{url}");
+        store.close().await;
+
+        let store = Store::connect(&url).await.unwrap();
+        store.insert_gavage_run("R2", 1, 1000.0, 8).await.unwrap();
+        assert_eq!(new_lot(&store, "R2").await, "LL2612002", "{url}");
+        store.close().await;
+    }
+}
+
+#[tokio::test]
+async fn second_meal_for_same_slot_is_rejected() {
+    for url in fresh_databases().await.urls {
+        let store = Store::connect(&url).await.unwrap();
+        store.insert_gavage_run("R1", 1, 1000.0, 7).await.unwrap();
+        let code = new_lot(&store, "R1").await;
+        store
+            .record_meal(&meal(&code, 0, Moment::Matin, false))
+            .await
+            .unwrap();
+        let duplicate = store
+            .record_meal(&meal(&code, 0, Moment::Matin, false))
+            .await;
+        assert!(duplicate.is_err(), "{url}: duplicate meal accepted");
+        store.close().await;
+    }
+}
+
+#[tokio::test]
+async fn finished_lot_is_claimed_once() {
+    for url in fresh_databases().await.urls {
+        let store = Store::connect(&url).await.unwrap();
+        store.insert_gavage_run("R1", 1, 1000.0, 7).await.unwrap();
+        let code = new_lot(&store, "R1").await;
+        assert_eq!(
+            store.claim_next_lot(60.0).await.unwrap(),
+            None,
+            "{url}: claimed an unfinished lot"
+        );
+
+        store
+            .record_final_meal(&meal(&code, 12, Moment::Soir, true))
+            .await
+            .unwrap();
+        assert_eq!(store.queue_counts().await.unwrap(), (1, 0), "{url}");
+        let claimed = store
+            .claim_next_lot(60.0)
+            .await
+            .unwrap()
+            .expect("a pending lot");
+        assert_eq!(claimed.code_lot, code);
+        assert_eq!(claimed.run_id, "R1");
+        assert_eq!(claimed.attempts, 1);
+        assert_eq!(
+            store.claim_next_lot(60.0).await.unwrap(),
+            None,
+            "{url}: claimed twice under a lease"
+        );
+        store.close().await;
+    }
+}
+
+#[tokio::test]
+async fn expired_lease_is_claimed_again() {
+    for url in fresh_databases().await.urls {
+        let store = Store::connect(&url).await.unwrap();
+        store.insert_gavage_run("R1", 1, 1000.0, 7).await.unwrap();
+        let code = new_lot(&store, "R1").await;
+        store
+            .record_final_meal(&meal(&code, 12, Moment::Soir, true))
+            .await
+            .unwrap();
+        // A lease already in the past stands for a crashed inspection.
+        store
+            .claim_next_lot(-1.0)
+            .await
+            .unwrap()
+            .expect("first claim");
+        let again = store
+            .claim_next_lot(60.0)
+            .await
+            .unwrap()
+            .expect("claim after lease expiry");
+        assert_eq!(again.attempts, 2, "{url}");
+        store.close().await;
+    }
+}
+
+#[tokio::test]
+async fn sample_stored_twice_yields_one_product() {
+    for url in fresh_databases().await.urls {
+        let store = Store::connect(&url).await.unwrap();
+        store.insert_gavage_run("R1", 1, 1000.0, 7).await.unwrap();
+        let code = new_lot(&store, "R1").await;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let measurement = simulate(&mut rng, 0.95, 560.0);
+        let analysis = analyze(&measurement);
+        assert!(
+            analysis.grade.is_some_and(|grade| grade.is_compliant()),
+            "a 0.95 liver grades {:?}",
+            analysis.grade
+        );
+        let row = SampleRow {
+            code_lot: &code,
+            sample_index: 0,
+            device_id: "ESP32_LL_01",
+            measurement: &measurement,
+            analysis: &analysis,
+        };
+
+        let first = store
+            .record_sample(&row, "http://127.0.0.1:3000")
+            .await
+            .unwrap();
+        assert!(first.inserted);
+        let product = first.product.expect("compliant sample gives a product");
+        assert!(
+            product.product_id.starts_with("FG_LL_"),
+            "{}",
+            product.product_id
+        );
+        assert_eq!(product.product_id.len(), "FG_LL_20261204_0000000001".len());
+
+        let second = store
+            .record_sample(&row, "http://127.0.0.1:3000")
+            .await
+            .unwrap();
+        assert!(!second.inserted, "{url}: sample stored twice");
+        assert_eq!(second.product, None, "{url}: second product");
+        assert_eq!(
+            store.products(Some(&code), 10).await.unwrap().len(),
+            1,
+            "{url}"
+        );
+
+        let trace = store
+            .trace(&product.token)
+            .await
+            .unwrap()
+            .expect("trace by token");
+        assert_eq!(trace.product, product);
+        assert_eq!(trace.lot.gaveur, "Yannick Le Goff");
+        assert_eq!(trace.lot.region, "Bretagne");
+        assert_eq!(trace.sample.tof_distances.len(), 64);
+        assert_eq!(store.trace("AAAAAAAAAAAAAAAAAAAAAA").await.unwrap(), None);
+        store.close().await;
+    }
+}
+
+#[tokio::test]
+async fn failed_migration_stops_with_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broken.db");
+    let url = format!("sqlite://{}", path.display());
+    // A table of the same name and another shape makes the first migration fail.
+    {
+        use sqlx::Connection;
+        let mut connection = sqlx::SqliteConnection::connect(&format!("{url}?mode=rwc"))
+            .await
+            .unwrap();
+        sqlx::query("CREATE TABLE sites (oops INTEGER)")
+            .execute(&mut connection)
+            .await
+            .unwrap();
+    }
+    let error = Store::connect(&url)
+        .await
+        .err()
+        .expect("migration must fail");
+    let message = format!("{error:#}");
+    assert!(message.contains("database migration failed"), "{message}");
+    assert!(message.contains("sites"), "{message}");
+}
+
+#[tokio::test]
+async fn unsupported_database_url_is_rejected() {
+    let error = Store::connect("mysql://localhost/test")
+        .await
+        .err()
+        .expect("mysql is not supported");
+    assert!(format!("{error}").contains("DATABASE_URL"), "{error}");
+}
