@@ -1,0 +1,164 @@
+//! Server functions behind the pages. They validate their input through the
+//! same parameter types as the JSON API, so both entry points enforce the
+//! same ranges.
+
+use chain::params::InvalidParam;
+#[cfg(feature = "ssr")]
+use chain::params::{GavageParams, MonitorParams, PipelineParams, SqalParams};
+use chain::views::{LotProgress, ProductView, TaskStatus, TraceView};
+use leptos::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// What the demo page shows on its first render.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DemoState {
+    pub tasks: Vec<TaskStatus>,
+    pub lots: Vec<LotProgress>,
+    pub products: Vec<ProductView>,
+    pub queue_pending: i64,
+    pub queue_inspecting: i64,
+}
+
+/// Result of a start request: the task's status, or the parameter that was
+/// rejected (nothing is started then).
+pub type StartResult = Result<TaskStatus, InvalidParam>;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PipelineStarted {
+    pub run_id: String,
+    pub started_at: String,
+    pub tasks: Vec<TaskStatus>,
+}
+
+#[cfg(feature = "ssr")]
+fn services() -> Result<chain::services::Services, ServerFnError> {
+    use_context::<chain::services::Services>()
+        .ok_or_else(|| ServerFnError::new("services missing from the request context"))
+}
+
+/// Logs an internal error and returns an opaque one: database messages stay
+/// in the server log.
+#[cfg(feature = "ssr")]
+fn internal(error: anyhow::Error) -> ServerFnError {
+    tracing::error!(error = format!("{error:#}"), "server function failed");
+    ServerFnError::new("internal error, see the server log")
+}
+
+#[server(prefix = "/fn")]
+pub async fn demo_snapshot() -> Result<DemoState, ServerFnError> {
+    let services = services()?;
+    let lots = services.store.latest_run_lots().await.map_err(internal)?;
+    let products = services.store.products(None, 10).await.map_err(internal)?;
+    let (queue_pending, queue_inspecting) =
+        services.store.queue_counts().await.map_err(internal)?;
+    Ok(DemoState {
+        tasks: services.supervisor.statuses(),
+        lots,
+        products,
+        queue_pending,
+        queue_inspecting,
+    })
+}
+
+#[server(prefix = "/fn")]
+pub async fn start_gavage(nb_lots: u32, acceleration: f64) -> Result<StartResult, ServerFnError> {
+    let params = GavageParams {
+        nb_lots,
+        acceleration,
+        seed: None,
+    };
+    Ok(services()?
+        .start_gavage(params)
+        .map(|outcome| outcome.status().clone()))
+}
+
+#[server(prefix = "/fn")]
+pub async fn start_monitor(polling_interval: f64) -> Result<StartResult, ServerFnError> {
+    let params = MonitorParams { polling_interval };
+    Ok(services()?
+        .start_monitor(params)
+        .map(|outcome| outcome.status().clone()))
+}
+
+#[server(prefix = "/fn")]
+pub async fn start_sqal(
+    device_id: String,
+    interval: f64,
+    nb_samples: u32,
+) -> Result<StartResult, ServerFnError> {
+    let params = SqalParams {
+        device_id,
+        interval,
+        nb_samples,
+        seed: None,
+    };
+    Ok(services()?
+        .start_sqal(params)
+        .map(|outcome| outcome.status().clone()))
+}
+
+#[server(prefix = "/fn")]
+pub async fn stop_task(task: String) -> Result<TaskStatus, ServerFnError> {
+    let name = chain::views::TaskName::parse(&task).ok_or_else(|| {
+        ServerFnError::new(format!(
+            "unknown task {task:?}: expected gavage, monitor or sqal"
+        ))
+    })?;
+    Ok(services()?.stop(name).await)
+}
+
+#[server(prefix = "/fn")]
+pub async fn start_pipeline(
+    nb_lots: u32,
+    acceleration: f64,
+    nb_samples: u32,
+    interval: f64,
+) -> Result<Result<PipelineStarted, InvalidParam>, ServerFnError> {
+    let mut params = PipelineParams::default();
+    params.gavage.nb_lots = nb_lots;
+    params.gavage.acceleration = acceleration;
+    params.sqal.nb_samples = nb_samples;
+    params.sqal.interval = interval;
+    let started = services()?.start_pipeline(params).await;
+    Ok(started.map(|start| PipelineStarted {
+        run_id: start.run_id,
+        started_at: start.started_at,
+        tasks: start.tasks,
+    }))
+}
+
+/// The first product of gavage run `run_id`, if one exists yet.
+#[server(prefix = "/fn")]
+pub async fn run_product(run_id: String) -> Result<Option<ProductView>, ServerFnError> {
+    services()?
+        .store
+        .first_product_of_run(&run_id)
+        .await
+        .map_err(internal)
+}
+
+#[server(prefix = "/fn")]
+pub async fn load_products(code_lot: String) -> Result<Vec<ProductView>, ServerFnError> {
+    let code_lot = code_lot.trim();
+    if code_lot.chars().count() > 32 {
+        return Err(ServerFnError::new(
+            "code_lot too long: at most 32 characters",
+        ));
+    }
+    let filter = (!code_lot.is_empty()).then_some(code_lot);
+    services()?
+        .store
+        .products(filter, 50)
+        .await
+        .map_err(internal)
+}
+
+/// Everything the trace page shows, or `None` for a token no product has.
+/// A malformed token is treated like an unknown one.
+#[server(prefix = "/fn")]
+pub async fn trace(token: String) -> Result<Option<TraceView>, ServerFnError> {
+    if !chain::qr::is_valid_token(&token) {
+        return Ok(None);
+    }
+    services()?.store.trace(&token).await.map_err(internal)
+}

@@ -1,0 +1,762 @@
+//! The end-to-end demo page: starts and stops the simulators, runs the
+//! whole chain in one click and follows it live until the QR code appears.
+
+use crate::api::{self, DemoState, StartResult};
+use crate::i18n::{self, Lang};
+use crate::{use_lang, LangSwitch};
+use chain::params::InvalidParam;
+use chain::views::{
+    Event, EventEnvelope, LotProgress, ProductView, TaskName, TaskState, TaskStatus,
+};
+use leptos::prelude::*;
+use leptos::task::spawn_local;
+use std::str::FromStr;
+
+/// Seconds the page waits for the first product of a pipeline run.
+const PRODUCT_WAIT_S: u64 = 60;
+/// Lines kept in the event log.
+#[cfg_attr(not(feature = "hydrate"), allow(dead_code))]
+const LOG_LINES: usize = 40;
+
+#[derive(Debug, Clone, PartialEq)]
+enum Notice {
+    Info(String),
+    Success(String),
+    Error(String),
+}
+
+fn invalid_message(lang: Lang, invalid: &InvalidParam) -> String {
+    match lang {
+        Lang::Fr => invalid.message_fr(),
+        Lang::En => invalid.to_string(),
+    }
+}
+
+/// Parses a form field, or names the field and the text it could not read.
+fn parse_field<T: FromStr>(lang: Lang, field: &str, text: &str) -> Result<T, String> {
+    text.trim()
+        .replace(',', ".")
+        .parse()
+        .map_err(|_| match lang {
+            Lang::Fr => format!("valeur invalide pour {field} : {text:?} n'est pas un nombre"),
+            Lang::En => format!("invalid {field}: {text:?} is not a number"),
+        })
+}
+
+fn state_label(lang: Lang, state: TaskState) -> &'static str {
+    match state {
+        TaskState::Stopped => lang.tr("arrêté", "stopped"),
+        TaskState::Starting => lang.tr("démarrage", "starting"),
+        TaskState::Running => lang.tr("en cours", "running"),
+        TaskState::Stopping => lang.tr("arrêt en cours", "stopping"),
+        TaskState::Failed => lang.tr("en échec", "failed"),
+    }
+}
+
+/// Lot status as stored (`en_gavage`, `pret_abattage`, queue statuses),
+/// in words.
+fn lot_status_label(lang: Lang, status: &str) -> String {
+    let (base, verdict) = match status.split_once(' ') {
+        Some((base, verdict)) => (base, Some(verdict.trim_matches(|c| c == '(' || c == ')'))),
+        None => (status, None),
+    };
+    let label = match base {
+        "en_gavage" => lang.tr("en gavage", "feeding"),
+        "pret_abattage" | "pending" => lang.tr(
+            "prêt abattage, en attente d'inspection",
+            "ready for slaughter, awaiting inspection",
+        ),
+        "inspecting" => lang.tr("inspection SQAL", "SQAL inspection"),
+        "inspected" => lang.tr("inspecté", "inspected"),
+        "error" => lang.tr("erreur d'inspection", "inspection error"),
+        "interrompu" => lang.tr("interrompu", "interrupted"),
+        other => return other.to_string(),
+    };
+    match verdict {
+        Some("approved") => format!("{label} — {}", lang.tr("lot accepté", "lot approved")),
+        Some("rejected") => format!("{label} — {}", lang.tr("lot refusé", "lot rejected")),
+        _ => label.to_string(),
+    }
+}
+
+fn task_title(lang: Lang, task: TaskName) -> &'static str {
+    match task {
+        TaskName::Gavage => lang.tr("Simulateur de gavage", "Gavage simulator"),
+        TaskName::Monitor => lang.tr("Moniteur de lots", "Lot monitor"),
+        TaskName::Sqal => lang.tr("Station SQAL (ESP32)", "SQAL station (ESP32)"),
+    }
+}
+
+/// Describes an event in one line of the event log.
+#[cfg_attr(not(feature = "hydrate"), allow(dead_code))]
+fn describe(lang: Lang, event: &Event) -> String {
+    match event {
+        Event::Task { status } => format!(
+            "{} : {}",
+            task_title(lang, status.task),
+            state_label(lang, status.state)
+        ),
+        Event::LotCreated { lot, .. } => format!(
+            "{} {} ({}, {})",
+            lang.tr("Lot créé", "Lot created"),
+            lot.code_lot,
+            lot.gaveur,
+            lot.genetique
+        ),
+        Event::MealRecorded { lot } => format!(
+            "{} {} : {} {}/{}",
+            lang.tr("Repas", "Meal"),
+            lot.code_lot,
+            lang.tr("jour", "day"),
+            lot.jour,
+            lot.duree_jours
+        ),
+        Event::LotFinished { code_lot } => format!(
+            "{} {code_lot}",
+            lang.tr("Prêt abattage :", "Ready for slaughter:")
+        ),
+        Event::LotClaimed { code_lot, .. } => format!(
+            "{} {code_lot}",
+            lang.tr("Inspection SQAL de", "SQAL inspection of")
+        ),
+        Event::SampleGraded {
+            code_lot,
+            sample_index,
+            grade,
+            invalid_reason,
+            ..
+        } => match (grade, invalid_reason) {
+            (Some(grade), _) => format!(
+                "{} {code_lot} #{sample_index} : {grade}",
+                lang.tr("Mesure", "Sample")
+            ),
+            (None, reason) => format!(
+                "{} {code_lot} #{sample_index} : {} ({})",
+                lang.tr("Mesure", "Sample"),
+                lang.tr("mesure invalide", "measurement invalid"),
+                reason.clone().unwrap_or_default()
+            ),
+        },
+        Event::ProductCreated { product, .. } => format!(
+            "{} {} ({})",
+            lang.tr("Produit créé", "Product created"),
+            product.product_id,
+            product.grade
+        ),
+        Event::LotInspected { code_lot, verdict } => format!(
+            "{} {code_lot} : {verdict}",
+            lang.tr("Lot inspecté", "Lot inspected")
+        ),
+    }
+}
+
+#[component]
+pub fn DemoPage() -> impl IntoView {
+    let lang = use_lang();
+    let snapshot = Resource::new(|| (), |_| api::demo_snapshot());
+    view! {
+        <main class="page demo">
+            <header class="top">
+                <h1>{lang.tr("Filière — démo de bout en bout", "Filière — end-to-end demo")}</h1>
+                <LangSwitch/>
+            </header>
+            <Suspense fallback=move || view! { <p>{lang.tr("Chargement…", "Loading…")}</p> }>
+                {move || snapshot.get().map(|result| match result {
+                    Ok(snapshot) => view! { <Live snapshot/> }.into_any(),
+                    Err(error) => view! {
+                        <p class="notice error" role="alert">{format!("{} {error}", lang.tr("État indisponible :", "State unavailable:"))}</p>
+                    }.into_any(),
+                })}
+            </Suspense>
+        </main>
+    }
+}
+
+/// Parameter fields of the three tasks, prefilled with the demo defaults.
+#[derive(Clone, Copy)]
+struct Fields {
+    nb_lots: RwSignal<String>,
+    acceleration: RwSignal<String>,
+    polling_interval: RwSignal<String>,
+    device_id: RwSignal<String>,
+    interval: RwSignal<String>,
+    nb_samples: RwSignal<String>,
+}
+
+impl Fields {
+    fn with_defaults() -> Self {
+        let gavage = chain::params::GavageParams::default();
+        let monitor = chain::params::MonitorParams::default();
+        let sqal = chain::params::SqalParams::default();
+        Fields {
+            nb_lots: RwSignal::new(gavage.nb_lots.to_string()),
+            acceleration: RwSignal::new(gavage.acceleration.to_string()),
+            polling_interval: RwSignal::new(monitor.polling_interval.to_string()),
+            device_id: RwSignal::new(sqal.device_id),
+            interval: RwSignal::new(sqal.interval.to_string()),
+            nb_samples: RwSignal::new(sqal.nb_samples.to_string()),
+        }
+    }
+}
+
+/// Live state of the page, updated by the event stream.
+#[derive(Clone, Copy)]
+#[cfg_attr(not(feature = "hydrate"), allow(dead_code))]
+struct LiveState {
+    tasks: RwSignal<Vec<TaskStatus>>,
+    lots: RwSignal<Vec<LotProgress>>,
+    run_id: RwSignal<Option<String>>,
+    products: RwSignal<Vec<ProductView>>,
+    log: RwSignal<Vec<(u64, String)>>,
+    connected: RwSignal<bool>,
+    /// Run whose first product the page waits for after a pipeline click.
+    waiting_run: RwSignal<Option<String>>,
+    shown: RwSignal<Option<ProductView>>,
+    notice: RwSignal<Option<Notice>>,
+}
+
+impl LiveState {
+    #[cfg_attr(not(feature = "hydrate"), allow(dead_code))]
+    fn apply(&self, lang: Lang, envelope: EventEnvelope) {
+        let line = describe(lang, &envelope.event);
+        self.log.update(|log| {
+            log.insert(0, (envelope.id, line));
+            log.truncate(LOG_LINES);
+        });
+        self.count(&envelope.event);
+        match envelope.event {
+            Event::Task { status } => self.tasks.update(|tasks| {
+                if let Some(slot) = tasks.iter_mut().find(|task| task.task == status.task) {
+                    *slot = status;
+                }
+            }),
+            Event::LotCreated { run_id, lot } => {
+                if self.run_id.get_untracked().as_deref() != Some(run_id.as_str()) {
+                    self.run_id.set(Some(run_id));
+                    self.lots.set(Vec::new());
+                }
+                self.lots.update(|lots| lots.push(lot));
+            }
+            Event::MealRecorded { lot } => self.lots.update(|lots| {
+                if let Some(slot) = lots.iter_mut().find(|known| known.code_lot == lot.code_lot) {
+                    *slot = lot;
+                }
+            }),
+            Event::LotClaimed { code_lot, .. } => {
+                self.set_lot_status(&code_lot, "inspecting".to_string())
+            }
+            Event::LotInspected { code_lot, verdict } => {
+                self.set_lot_status(&code_lot, format!("inspected ({verdict})"))
+            }
+            Event::ProductCreated { run_id, product } => {
+                if self.waiting_run.get_untracked().as_deref() == Some(run_id.as_str()) {
+                    self.show_run_product(lang, product.clone());
+                }
+                self.products.update(|products| {
+                    products.insert(0, product);
+                    products.truncate(50);
+                });
+            }
+            Event::LotFinished { .. } | Event::SampleGraded { .. } => {}
+        }
+    }
+
+    /// Keeps the task counters current between two task status events.
+    #[cfg_attr(not(feature = "hydrate"), allow(dead_code))]
+    fn count(&self, event: &Event) {
+        let (task, update): (TaskName, fn(&mut chain::views::TaskCounters)) = match event {
+            Event::LotCreated { .. } => (TaskName::Gavage, |counters| counters.lots += 1),
+            Event::MealRecorded { .. } => (TaskName::Gavage, |counters| counters.meals += 1),
+            Event::LotClaimed { .. } => (TaskName::Monitor, |counters| counters.lots += 1),
+            Event::SampleGraded { .. } => (TaskName::Sqal, |counters| counters.samples += 1),
+            Event::ProductCreated { .. } => (TaskName::Sqal, |counters| counters.products += 1),
+            _ => return,
+        };
+        self.tasks.update(|tasks| {
+            if let Some(status) = tasks
+                .iter_mut()
+                .find(|status| status.task == task && status.state == TaskState::Running)
+            {
+                update(&mut status.counters);
+            }
+        });
+    }
+
+    #[cfg_attr(not(feature = "hydrate"), allow(dead_code))]
+    fn set_lot_status(&self, code_lot: &str, status: String) {
+        self.lots.update(|lots| {
+            if let Some(lot) = lots.iter_mut().find(|lot| lot.code_lot == code_lot) {
+                lot.status = status;
+            }
+        });
+    }
+
+    fn show_run_product(&self, lang: Lang, product: ProductView) {
+        self.waiting_run.set(None);
+        self.notice.set(Some(Notice::Success(format!(
+            "{} {} ({}, {})",
+            lang.tr("Premier produit de ce run :", "First product of this run:"),
+            product.product_id,
+            product.code_lot,
+            product.grade
+        ))));
+        self.shown.set(Some(product));
+    }
+
+    fn set_task(&self, status: TaskStatus) {
+        self.tasks.update(|tasks| {
+            if let Some(slot) = tasks.iter_mut().find(|task| task.task == status.task) {
+                *slot = status;
+            }
+        });
+    }
+}
+
+#[component]
+fn Live(snapshot: DemoState) -> impl IntoView {
+    let lang = use_lang();
+    let state = LiveState {
+        tasks: RwSignal::new(snapshot.tasks),
+        lots: RwSignal::new(snapshot.lots),
+        run_id: RwSignal::new(None),
+        products: RwSignal::new(snapshot.products),
+        log: RwSignal::new(Vec::new()),
+        connected: RwSignal::new(false),
+        waiting_run: RwSignal::new(None),
+        shown: RwSignal::new(None),
+        notice: RwSignal::new(None),
+    };
+    let fields = Fields::with_defaults();
+
+    #[cfg(feature = "hydrate")]
+    Effect::new(move |_| stream::connect(lang, state));
+
+    view! {
+        <section class="card orchestration">
+            <h2>"Orchestration"</h2>
+            <PipelineControls state fields/>
+            <div class="tasks">
+                {TaskName::ALL.into_iter().map(|task| view! { <TaskCard task state fields/> }).collect_view()}
+            </div>
+        </section>
+        <div class="columns">
+            <section class="card">
+                <h2>{lang.tr("Produits et QR code", "Products and QR code")}</h2>
+                <QrPanel state/>
+                <ProductList state/>
+            </section>
+            <section class="card">
+                <h2>{lang.tr("Lots en cours", "Lots in progress")}</h2>
+                <LotTable state/>
+                <h2>{lang.tr("Journal", "Event log")}</h2>
+                <p class="muted">
+                    {move || if state.connected.get() {
+                        lang.tr("Flux en direct connecté", "Live stream connected")
+                    } else {
+                        lang.tr("Flux en direct déconnecté", "Live stream disconnected")
+                    }}
+                </p>
+                <ol class="log" data-testid="event-log">
+                    <For each=move || state.log.get() key=|(id, _)| *id let:entry>
+                        <li>{entry.1}</li>
+                    </For>
+                </ol>
+            </section>
+        </div>
+    }
+}
+
+#[component]
+fn PipelineControls(state: LiveState, fields: Fields) -> impl IntoView {
+    let lang = use_lang();
+    let start = move |_| {
+        state.shown.set(None);
+        let parsed = (|| {
+            Ok::<_, String>((
+                parse_field::<u32>(lang, "nb_lots", &fields.nb_lots.get_untracked())?,
+                parse_field::<f64>(lang, "acceleration", &fields.acceleration.get_untracked())?,
+                parse_field::<u32>(lang, "nb_samples", &fields.nb_samples.get_untracked())?,
+                parse_field::<f64>(lang, "interval", &fields.interval.get_untracked())?,
+            ))
+        })();
+        let (nb_lots, acceleration, nb_samples, interval) = match parsed {
+            Ok(values) => values,
+            Err(message) => {
+                state.notice.set(Some(Notice::Error(message)));
+                return;
+            }
+        };
+        state.notice.set(Some(Notice::Info(
+            lang.tr("Démarrage du pipeline…", "Starting the pipeline…")
+                .to_string(),
+        )));
+        spawn_local(async move {
+            let started =
+                match api::start_pipeline(nb_lots, acceleration, nb_samples, interval).await {
+                    Ok(Ok(started)) => started,
+                    Ok(Err(invalid)) => {
+                        state
+                            .notice
+                            .set(Some(Notice::Error(invalid_message(lang, &invalid))));
+                        return;
+                    }
+                    Err(error) => {
+                        state.notice.set(Some(Notice::Error(error.to_string())));
+                        return;
+                    }
+                };
+            let run_id = started.run_id.clone();
+            state.waiting_run.set(Some(run_id.clone()));
+            for task in started.tasks {
+                state.set_task(task);
+            }
+            state.notice.set(Some(Notice::Info(format!(
+                "{} {run_id}…",
+                lang.tr(
+                    "En attente du premier produit du run",
+                    "Waiting for the first product of run"
+                )
+            ))));
+            // A product made before this page saw the run id came through the
+            // stream unnoticed: ask once.
+            if let Ok(Some(product)) = api::run_product(run_id.clone()).await {
+                if state.waiting_run.get_untracked().as_deref() == Some(run_id.as_str()) {
+                    state.show_run_product(lang, product);
+                }
+            }
+            set_timeout(
+                move || {
+                    if state.waiting_run.get_untracked().as_deref() == Some(run_id.as_str()) {
+                        state.waiting_run.set(None);
+                        state.notice.set(Some(Notice::Error(format!(
+                            "{} {PRODUCT_WAIT_S} s. {}",
+                            lang.tr(
+                                "Aucun produit de ce run après",
+                                "No product from this run after"
+                            ),
+                            lang.tr(
+                                "Vérifiez l'état des tâches ci-dessous et le journal du serveur.",
+                                "Check the task states below and the server log."
+                            )
+                        ))));
+                    }
+                },
+                std::time::Duration::from_secs(PRODUCT_WAIT_S),
+            );
+        });
+    };
+
+    view! {
+        <div class="pipeline">
+            <button class="primary" on:click=start>{lang.tr("Démarrer le pipeline (auto)", "Start pipeline (auto)")}</button>
+            <p class="muted">{lang.tr(
+                "Lance gavage, moniteur et station SQAL, puis attend le premier produit de ce run.",
+                "Starts gavage, monitor and SQAL station, then waits for the first product of this run.",
+            )}</p>
+            {move || state.notice.get().map(|notice| {
+                let (class, text) = match notice {
+                    Notice::Info(text) => ("notice info", text),
+                    Notice::Success(text) => ("notice success", text),
+                    Notice::Error(text) => ("notice error", text),
+                };
+                view! { <p class=class role="status" data-testid="pipeline-status">{text}</p> }
+            })}
+        </div>
+    }
+}
+
+#[component]
+fn TaskCard(task: TaskName, state: LiveState, fields: Fields) -> impl IntoView {
+    let lang = use_lang();
+    let error = RwSignal::new(None::<String>);
+    let status = move || {
+        state
+            .tasks
+            .get()
+            .into_iter()
+            .find(|status| status.task == task)
+    };
+
+    let start = move |_| {
+        error.set(None);
+        let request = async move {
+            let result: Result<StartResult, String> = match task {
+                TaskName::Gavage => {
+                    let nb_lots = parse_field(lang, "nb_lots", &fields.nb_lots.get_untracked())?;
+                    let acceleration =
+                        parse_field(lang, "acceleration", &fields.acceleration.get_untracked())?;
+                    api::start_gavage(nb_lots, acceleration)
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+                TaskName::Monitor => {
+                    let polling = parse_field(
+                        lang,
+                        "polling_interval",
+                        &fields.polling_interval.get_untracked(),
+                    )?;
+                    api::start_monitor(polling).await.map_err(|e| e.to_string())
+                }
+                TaskName::Sqal => {
+                    let interval = parse_field(lang, "interval", &fields.interval.get_untracked())?;
+                    let nb_samples =
+                        parse_field(lang, "nb_samples", &fields.nb_samples.get_untracked())?;
+                    api::start_sqal(fields.device_id.get_untracked(), interval, nb_samples)
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+            };
+            match result? {
+                Ok(status) => {
+                    state.set_task(status);
+                    Ok(())
+                }
+                Err(invalid) => Err(invalid_message(lang, &invalid)),
+            }
+        };
+        spawn_local(async move {
+            if let Err(message) = request.await {
+                error.set(Some(message));
+            }
+        });
+    };
+    let stop = move |_| {
+        error.set(None);
+        spawn_local(async move {
+            match api::stop_task(task.as_str().to_string()).await {
+                Ok(status) => state.set_task(status),
+                Err(failure) => error.set(Some(failure.to_string())),
+            }
+        });
+    };
+
+    let inputs = match task {
+        TaskName::Gavage => view! {
+            <label>"nb_lots"<input type="number" min="1" max="50" bind:value=fields.nb_lots/></label>
+            <label>"acceleration"<input type="number" min="1" max="10000000" bind:value=fields.acceleration/></label>
+        }
+        .into_any(),
+        TaskName::Monitor => view! {
+            <label>"polling_interval (s)"<input type="number" min="0.5" max="3600" step="0.5" bind:value=fields.polling_interval/></label>
+        }
+        .into_any(),
+        TaskName::Sqal => view! {
+            <label>"device_id"<input type="text" bind:value=fields.device_id/></label>
+            <label>"interval (s)"<input type="number" min="0.01" max="60" step="0.01" bind:value=fields.interval/></label>
+            <label>"nb_samples"<input type="number" min="1" max="200" bind:value=fields.nb_samples/></label>
+        }
+        .into_any(),
+    };
+
+    view! {
+        <article class="task" data-task=task.as_str()>
+            <header>
+                <h3>{task_title(lang, task)}</h3>
+                {move || status().map(|status| view! {
+                    <span class=format!("badge state-{}", status.state.as_str()) data-testid=format!("state-{}", task.as_str())>
+                        {state_label(lang, status.state)}
+                    </span>
+                })}
+            </header>
+            <div class="fields">{inputs}</div>
+            <div class="buttons">
+                <button on:click=start>{lang.tr("Démarrer", "Start")}</button>
+                <button on:click=stop>{lang.tr("Arrêter", "Stop")}</button>
+            </div>
+            {move || status().map(|status| {
+                let counters = status.counters.clone();
+                let counts = match task {
+                    TaskName::Gavage => format!("{} lots, {} {}", counters.lots, counters.meals, lang.tr("repas", "meals")),
+                    TaskName::Monitor => format!("{} {}", counters.lots, lang.tr("lots transmis", "lots handed over")),
+                    TaskName::Sqal => format!("{} {}, {} {}", counters.samples, lang.tr("mesures", "samples"), counters.products, lang.tr("produits", "products")),
+                };
+                view! {
+                    <p class="counters">{counts}</p>
+                    {status.note.map(|note| view! { <p class="muted">{note}</p> })}
+                    {status.last_error.map(|failure| view! { <p class="notice error">{failure}</p> })}
+                }
+            })}
+            {move || error.get().map(|message| view! { <p class="notice error" role="alert">{message}</p> })}
+        </article>
+    }
+}
+
+#[component]
+fn QrPanel(state: LiveState) -> impl IntoView {
+    let lang = use_lang();
+    view! {
+        {move || match state.shown.get() {
+            None => view! { <p class="muted">{lang.tr("Aucun QR code affiché.", "No QR code shown.")}</p> }.into_any(),
+            Some(product) => {
+                let payload = product.qr_payload.clone();
+                let copied = RwSignal::new(false);
+                let copy_payload = payload.clone();
+                let copy = move |_| {
+                    #[cfg(feature = "hydrate")]
+                    if let Some(window) = web_sys::window() {
+                        let _ = window.navigator().clipboard().write_text(&copy_payload);
+                        copied.set(true);
+                    }
+                    #[cfg(not(feature = "hydrate"))]
+                    let _ = &copy_payload;
+                };
+                view! {
+                    <figure class="qr" data-testid="qr-code">
+                        <img src=format!("/qr/{}.svg", product.token) alt=format!("QR code {}", product.product_id) width="240" height="240"/>
+                        <figcaption>
+                            <strong>{product.product_id.clone()}</strong>
+                            {format!(" — {} — {} {}", product.code_lot, lang.tr("grade", "grade"), product.grade)}
+                        </figcaption>
+                    </figure>
+                    <p class="payload"><code data-testid="qr-payload">{payload.clone()}</code></p>
+                    <div class="buttons">
+                        <button on:click=copy>{move || if copied.get() { lang.tr("Copié", "Copied") } else { lang.tr("Copier le lien", "Copy link") }}</button>
+                        <a class="button" href=payload target="_blank" rel="external noopener" data-testid="qr-open">
+                            {lang.tr("Ouvrir la page de traçabilité", "Open the trace page")}
+                        </a>
+                    </div>
+                }.into_any()
+            }
+        }}
+    }
+}
+
+#[component]
+fn ProductList(state: LiveState) -> impl IntoView {
+    let lang = use_lang();
+    let filter = RwSignal::new(String::new());
+    let error = RwSignal::new(None::<String>);
+    let load = move |_| {
+        error.set(None);
+        let code_lot = filter.get_untracked();
+        spawn_local(async move {
+            match api::load_products(code_lot.clone()).await {
+                Ok(products) => {
+                    if products.is_empty() {
+                        error.set(Some(format!(
+                            "{} {code_lot}",
+                            lang.tr("Aucun produit pour", "No product for")
+                        )));
+                    }
+                    state.shown.set(products.first().cloned());
+                    state.products.set(products);
+                }
+                Err(failure) => error.set(Some(failure.to_string())),
+            }
+        });
+    };
+    view! {
+        <div class="product-filter">
+            <label>"code_lot"<input type="text" placeholder="LL2612001" bind:value=filter/></label>
+            <button on:click=load>{lang.tr("Charger produits / QR", "Load products / QR")}</button>
+        </div>
+        {move || error.get().map(|message| view! { <p class="notice error" role="alert">{message}</p> })}
+        <table class="products">
+            <thead>
+                <tr>
+                    <th>{lang.tr("Produit", "Product")}</th>
+                    <th>"code_lot"</th>
+                    <th>"Grade"</th>
+                    <th>"Score"</th>
+                    <th></th>
+                </tr>
+            </thead>
+            <tbody>
+                <For each=move || state.products.get() key=|product| product.token.clone() let:product>
+                    <tr>
+                        <td><a href=format!("/trace/{}", product.token) rel="external">{product.product_id.clone()}</a></td>
+                        <td>{product.code_lot.clone()}</td>
+                        <td>{product.grade.as_str()}</td>
+                        <td>{i18n::score(product.final_score)}</td>
+                        <td>
+                            <button class="small" on:click={
+                                let product = product.clone();
+                                move |_| state.shown.set(Some(product.clone()))
+                            }>"QR"</button>
+                        </td>
+                    </tr>
+                </For>
+            </tbody>
+        </table>
+    }
+}
+
+#[component]
+fn LotTable(state: LiveState) -> impl IntoView {
+    let lang = use_lang();
+    view! {
+        <table class="lots">
+            <thead>
+                <tr>
+                    <th>"code_lot"</th>
+                    <th>{lang.tr("Gaveur", "Gaveur")}</th>
+                    <th>{lang.tr("Avancement", "Progress")}</th>
+                    <th>{lang.tr("Poids moyen", "Mean weight")}</th>
+                    <th>{lang.tr("Mortalité", "Mortality")}</th>
+                    <th>{lang.tr("Statut", "Status")}</th>
+                </tr>
+            </thead>
+            <tbody>
+                <For each=move || state.lots.get() key=|lot| (lot.code_lot.clone(), lot.meals_done, lot.status.clone()) let:lot>
+                    <tr data-testid="lot-row">
+                        <td>{lot.code_lot.clone()}<br/><span class="muted">{lot.genetique.clone()}</span></td>
+                        <td>{lot.gaveur.clone()}</td>
+                        <td>
+                            <progress max=lot.meals_total value=lot.meals_done></progress>
+                            <br/>
+                            <span class="muted">{format!("{} {}/{} · {}/{} {}", lang.tr("jour", "day"), lot.jour, lot.duree_jours, lot.meals_done, lot.meals_total, lang.tr("repas", "meals"))}</span>
+                        </td>
+                        <td>{lot.poids_moyen.map(|weight| format!("{:.2} kg", weight / 1000.0)).unwrap_or_else(|| "—".to_string())}</td>
+                        <td>{lot.taux_mortalite.map(|rate| format!("{rate:.1} %")).unwrap_or_else(|| "—".to_string())}</td>
+                        <td>{lot_status_label(lang, &lot.status)}</td>
+                    </tr>
+                </For>
+            </tbody>
+        </table>
+    }
+}
+
+#[cfg(feature = "hydrate")]
+mod stream {
+    //! The browser side of the event stream.
+
+    use super::LiveState;
+    use crate::i18n::Lang;
+    use chain::views::EventEnvelope;
+    use leptos::prelude::*;
+    use wasm_bindgen::closure::Closure;
+    use wasm_bindgen::JsCast;
+
+    /// Opens `/api/events` and applies each event to the page. The browser
+    /// reconnects by itself after a drop.
+    pub fn connect(lang: Lang, state: LiveState) {
+        let Ok(source) = web_sys::EventSource::new("/api/events") else {
+            state.connected.set(false);
+            return;
+        };
+        let on_message = Closure::<dyn FnMut(web_sys::MessageEvent)>::new(
+            move |message: web_sys::MessageEvent| {
+                let Some(text) = message.data().as_string() else {
+                    return;
+                };
+                match serde_json::from_str::<EventEnvelope>(&text) {
+                    Ok(envelope) => state.apply(lang, envelope),
+                    Err(error) => leptos::logging::warn!("unreadable event: {error}"),
+                }
+            },
+        );
+        source.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
+        on_message.forget();
+
+        let on_open = Closure::<dyn FnMut()>::new(move || state.connected.set(true));
+        source.set_onopen(Some(on_open.as_ref().unchecked_ref()));
+        on_open.forget();
+
+        let on_error = Closure::<dyn FnMut()>::new(move || state.connected.set(false));
+        source.set_onerror(Some(on_error.as_ref().unchecked_ref()));
+        on_error.forget();
+
+        let source = send_wrapper::SendWrapper::new(source);
+        on_cleanup(move || source.close());
+    }
+}

@@ -1,0 +1,86 @@
+//! Configuration from environment variables, read in one place. Every
+//! variable has a working local default; a bad value stops start-up with the
+//! variable's name.
+
+use leptos::config::LeptosOptions;
+use std::net::SocketAddr;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `sqlite://…` (default `sqlite://filiere.db`) or `postgres://…`.
+    pub database_url: String,
+    /// Address the server listens on. Port 0 picks a free port (tests).
+    pub bind: SocketAddr,
+    /// Base URL written into QR payloads.
+    pub public_url: String,
+    pub leptos: LeptosOptions,
+}
+
+fn var(name: &str) -> Option<String> {
+    std::env::var(name)
+        .ok()
+        .filter(|value| !value.trim().is_empty())
+}
+
+impl Config {
+    /// Reads `DATABASE_URL`, `FILIERE_BIND` (or `LEPTOS_SITE_ADDR`, which
+    /// cargo-leptos sets) and `PUBLIC_URL`.
+    pub fn from_env() -> anyhow::Result<Config> {
+        let leptos = match leptos::config::get_configuration(None) {
+            Ok(configuration) => configuration.leptos_options,
+            // Started outside cargo-leptos: use the layout cargo-leptos builds.
+            Err(_) => default_leptos_options(),
+        };
+
+        let bind = match var("FILIERE_BIND") {
+            Some(text) => text.parse().map_err(|_| {
+                anyhow::anyhow!(
+                    "FILIERE_BIND must be an address such as 127.0.0.1:3000, got {text:?}"
+                )
+            })?,
+            None => leptos.site_addr,
+        };
+        let database_url = var("DATABASE_URL").unwrap_or_else(|| "sqlite://filiere.db".to_string());
+        if !(database_url.starts_with("sqlite:")
+            || database_url.starts_with("postgres:")
+            || database_url.starts_with("postgresql:"))
+        {
+            anyhow::bail!(
+                "DATABASE_URL must start with sqlite: or postgres:, got {database_url:?}"
+            );
+        }
+        let public_url = match var("PUBLIC_URL") {
+            Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
+                url.trim_end_matches('/').to_string()
+            }
+            Some(url) => {
+                anyhow::bail!("PUBLIC_URL must start with http:// or https://, got {url:?}")
+            }
+            None => format!("http://{bind}"),
+        };
+        Ok(Config {
+            database_url,
+            bind,
+            public_url,
+            leptos,
+        })
+    }
+
+    /// Configuration for a test: the given database, a free loopback port.
+    pub fn for_test(database_url: &str) -> Config {
+        Config {
+            database_url: database_url.to_string(),
+            bind: "127.0.0.1:0".parse().expect("literal address"),
+            public_url: "http://127.0.0.1".to_string(),
+            leptos: default_leptos_options(),
+        }
+    }
+}
+
+fn default_leptos_options() -> LeptosOptions {
+    LeptosOptions::builder()
+        .output_name("filiere")
+        .site_root("target/site")
+        .site_pkg_dir("pkg")
+        .build()
+}

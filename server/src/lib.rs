@@ -1,0 +1,160 @@
+//! The Filière server: builds the application from a configuration and runs
+//! it until Ctrl-C or SIGTERM. `main` and the tests both go through `build`.
+
+pub mod api;
+pub mod config;
+pub mod events;
+
+use anyhow::Context;
+use app::{shell, App};
+use axum::extract::FromRef;
+use axum::routing::{get, post};
+use axum::Router;
+use chain::services::Services;
+use chain::store::Store;
+use config::Config;
+use leptos::config::LeptosOptions;
+use leptos::prelude::provide_context;
+use leptos_axum::{generate_route_list, LeptosRoutes};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub leptos: LeptosOptions,
+    pub services: Services,
+    /// Cancelled at shutdown, so that long-lived responses end.
+    pub shutdown: CancellationToken,
+}
+
+impl FromRef<AppState> for LeptosOptions {
+    fn from_ref(state: &AppState) -> Self {
+        state.leptos.clone()
+    }
+}
+
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    state: AppState,
+}
+
+/// Connects the store (running migrations), binds the listener and builds
+/// the router. A failed migration is an error here, before anything listens.
+pub async fn build(config: Config) -> anyhow::Result<Application> {
+    let store = Store::connect(&config.database_url).await?;
+    let services = Services::new(store, &config.public_url);
+    let state = AppState {
+        leptos: config.leptos.clone(),
+        services,
+        shutdown: CancellationToken::new(),
+    };
+    let router = router(state.clone());
+    let listener = TcpListener::bind(config.bind)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.bind))?;
+    Ok(Application {
+        listener,
+        router,
+        state,
+    })
+}
+
+fn router(state: AppState) -> Router {
+    let routes = generate_route_list(App);
+    let services = state.services.clone();
+    let leptos = state.leptos.clone();
+    Router::new()
+        .route("/health", get(api::health))
+        .route("/api/events", get(events::stream))
+        .route("/api/control/status", get(api::status))
+        .route("/api/control/pipeline/start", post(api::start_pipeline))
+        .route("/api/control/{task}/start", post(api::start_task))
+        .route("/api/control/{task}/stop", post(api::stop_task))
+        .route("/api/consumer/latest-product", get(api::latest_product))
+        .route("/api/consumer/products", get(api::products))
+        .route("/qr/{file}", get(api::qr_svg))
+        .leptos_routes_with_context(
+            &state,
+            routes,
+            move || provide_context(services.clone()),
+            move || shell(leptos.clone()),
+        )
+        .fallback(leptos_axum::file_and_error_handler::<AppState, _>(shell))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+impl Application {
+    pub fn port(&self) -> u16 {
+        self.listener
+            .local_addr()
+            .map(|address| address.port())
+            .unwrap_or(0)
+    }
+
+    pub fn services(&self) -> &Services {
+        &self.state.services
+    }
+
+    /// Returns a token that stops the server when cancelled, as a signal does.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.state.shutdown.clone()
+    }
+
+    /// Serves until Ctrl-C, SIGTERM or the shutdown token; then stops the
+    /// simulator tasks and closes the database.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let Application {
+            listener,
+            router,
+            state,
+        } = self;
+        let shutdown = state.shutdown.clone();
+        tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                wait_for_signal().await;
+                shutdown.cancel();
+            }
+        });
+        tracing::info!(address = %listener.local_addr()?, "listening");
+        axum::serve(listener, router)
+            .with_graceful_shutdown({
+                let shutdown = shutdown.clone();
+                async move { shutdown.cancelled().await }
+            })
+            .await
+            .context("server error")?;
+
+        tracing::info!("shutting down: stopping tasks");
+        state.services.supervisor.stop_all().await;
+        state.services.store.close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("Ctrl-C received"),
+        _ = terminate => tracing::info!("SIGTERM received"),
+    }
+}
