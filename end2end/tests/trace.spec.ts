@@ -1,0 +1,34 @@
+import { expect, test } from "@playwright/test";
+
+// Makes sure one product exists, through the JSON API, and returns it.
+async function someProduct(request: import("@playwright/test").APIRequestContext) {
+  const latest = await request.get("/api/consumer/latest-product");
+  if (latest.ok()) return (await latest.json()).product;
+  const started = await request.post("/api/control/pipeline/start", {
+    data: { gavage: { nb_lots: 1, acceleration: 2000000 }, sqal: { interval: 0.01 } },
+  });
+  expect(started.ok(), await started.text()).toBeTruthy();
+  await expect
+    .poll(async () => (await request.get("/api/consumer/latest-product")).status(), { timeout: 60_000 })
+    .toBe(200);
+  return (await (await request.get("/api/consumer/latest-product")).json()).product;
+}
+
+test("trace page shows product, lot and grade", async ({ page, request }) => {
+  const product = await someProduct(request);
+  const response = await page.goto(`/trace/${product.token}`);
+  expect(response?.status()).toBe(200);
+  await expect(page.getByRole("heading", { level: 1 })).toHaveText(product.product_id);
+  await expect(page.getByTestId("code-lot")).toHaveText(product.code_lot);
+  await expect(page.getByTestId("grade")).toHaveText(product.grade);
+  await expect(page.getByRole("img", { name: "ToF 8×8" })).toBeVisible();
+  const scrollWidth = await page.evaluate(() => document.documentElement.scrollWidth);
+  const viewport = page.viewportSize()!.width;
+  expect(scrollWidth, "no horizontal scroll").toBeLessThanOrEqual(viewport);
+});
+
+test("unknown token shows produit introuvable with 404", async ({ page }) => {
+  const response = await page.goto("/trace/AAAAAAAAAAAAAAAAAAAAAA");
+  expect(response?.status()).toBe(404);
+  await expect(page.getByRole("heading", { name: "Produit introuvable" })).toBeVisible();
+});
