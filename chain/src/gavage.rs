@@ -198,7 +198,7 @@ impl LotModel {
             return None;
         }
         let jour = self.meals_done / 2;
-        let moment = if self.meals_done % 2 == 0 {
+        let moment = if self.meals_done.is_multiple_of(2) {
             Moment::Matin
         } else {
             Moment::Soir
@@ -377,6 +377,7 @@ pub async fn run(
                     services.bus.publish(Event::LotFinished {
                         code_lot: lot.code_lot.clone(),
                     });
+                    services.publish_queue().await?;
                 }
             }
         }

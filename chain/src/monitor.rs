@@ -34,6 +34,9 @@ pub async fn step(services: &Services) -> anyhow::Result<u32> {
         services.dispatch_to_station(lot).await?;
         handed += 1;
     }
+    if handed > 0 {
+        services.publish_queue().await?;
+    }
     Ok(handed)
 }
 

@@ -6,7 +6,7 @@ use crate::monitor::ClaimedLot;
 use crate::params::{GavageParams, InvalidParam, MonitorParams, PipelineParams, SqalParams};
 use crate::store::Store;
 use crate::supervisor::{StartOutcome, Supervisor};
-use crate::views::{TaskName, TaskStatus};
+use crate::views::{ChainSnapshot, Event, TaskName, TaskStatus};
 use crate::{gavage, monitor, sqal};
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
@@ -141,6 +141,45 @@ impl Services {
                 Ok(())
             }
         }
+    }
+
+    /// Publishes the inspection queue's counts after a change to it.
+    pub async fn publish_queue(&self) -> anyhow::Result<()> {
+        let (pending, inspecting) = self.store.queue_counts().await?;
+        self.bus.publish(Event::Queue {
+            pending,
+            inspecting,
+        });
+        Ok(())
+    }
+
+    /// Reads everything the demo page shows. The stream position is taken
+    /// first, so replaying the events after it may repeat what the reads
+    /// already saw but never misses anything.
+    pub async fn snapshot(&self) -> anyhow::Result<ChainSnapshot> {
+        let position = self.bus.position();
+        let tasks = self.supervisor.statuses();
+        let run_id = self.store.latest_run_id().await?;
+        let lots = self.store.latest_run_lots().await?;
+        let products = self.store.products(None, 20).await?;
+        let (queue_pending, queue_inspecting) = self.store.queue_counts().await?;
+        let (grade_counts, counted_up_to) = match &run_id {
+            Some(run_id) => self.store.grade_counts(run_id).await?,
+            None => Default::default(),
+        };
+        let latest_sample = self.store.latest_sample().await?;
+        Ok(ChainSnapshot {
+            position,
+            tasks,
+            run_id,
+            lots,
+            products,
+            queue_pending,
+            queue_inspecting,
+            grade_counts,
+            counted_up_to,
+            latest_sample,
+        })
     }
 }
 

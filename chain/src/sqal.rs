@@ -8,7 +8,7 @@ use crate::params::SqalParams;
 use crate::services::Services;
 use crate::store::SampleRow;
 use crate::supervisor::TaskContext;
-use crate::views::Event;
+use crate::views::{Event, GradedSample};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
@@ -101,8 +101,9 @@ fn solve(mut matrix: [[f64; 6]; 6], mut rhs: [f64; 6]) -> Option<[f64; 6]> {
         rhs.swap(pivot, best);
         for row in pivot + 1..6 {
             let factor = matrix[row][pivot] / matrix[pivot][pivot];
-            for col in pivot..6 {
-                matrix[row][col] -= factor * matrix[pivot][col];
+            let pivot_row = matrix[pivot];
+            for (cell, pivot_cell) in matrix[row].iter_mut().zip(pivot_row).skip(pivot) {
+                *cell -= factor * pivot_cell;
             }
             rhs[row] -= factor * rhs[pivot];
         }
@@ -447,6 +448,10 @@ async fn inspect(
             .store
             .record_sample(&row, &services.public_url)
             .await?;
+        let Some(sample_id) = outcome.sample_id else {
+            // Measured by an earlier attempt at this lot: already counted.
+            continue;
+        };
         ctx.count(|counters| counters.samples += 1);
         if analysis.grade.is_some() {
             valid += 1;
@@ -455,11 +460,19 @@ async fn inspect(
             compliant += 1;
         }
         services.bus.publish(Event::SampleGraded {
-            code_lot: lot.code_lot.clone(),
-            sample_index: sample_index as i64,
-            grade: analysis.grade,
-            final_score: analysis.final_score,
-            invalid_reason: analysis.invalid_reason.clone(),
+            run_id: lot.run_id.clone(),
+            sample: GradedSample {
+                sample_id,
+                code_lot: lot.code_lot.clone(),
+                sample_index: sample_index as i64,
+                grade: analysis.grade,
+                final_score: analysis.final_score,
+                tof_score: analysis.tof_score,
+                as7341_score: analysis.as7341_score,
+                invalid_reason: analysis.invalid_reason.clone(),
+                tof_distances: measurement.tof_distances.clone(),
+                as7341_counts: measurement.as7341_counts.clone(),
+            },
         });
         if let Some(product) = outcome.product {
             ctx.count(|counters| counters.products += 1);
@@ -476,6 +489,8 @@ async fn inspect(
         }
     }
 
+    // NOTE: after a re-inspection only this attempt's samples count toward
+    // the verdict; those stored by the earlier attempt are skipped above.
     let verdict = lot_verdict(compliant, valid);
     services
         .store
@@ -486,6 +501,7 @@ async fn inspect(
         code_lot: lot.code_lot.clone(),
         verdict: verdict.to_string(),
     });
+    services.publish_queue().await?;
     Ok(true)
 }
 

@@ -6,7 +6,9 @@ use crate::gavage::MealOutcome;
 use crate::grade::Grade;
 use crate::monitor::ClaimedLot;
 use crate::sqal::{Analysis, Measurement};
-use crate::views::{LotProgress, LotView, ProductView, SampleView, TraceView};
+use crate::views::{
+    GradeCounts, GradedSample, LotProgress, LotView, ProductView, SampleView, TraceView,
+};
 use anyhow::Context;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::Migrator;
@@ -94,8 +96,9 @@ pub struct SampleRow<'a> {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SampleOutcome {
-    /// False when this sample was already stored by an earlier attempt.
-    pub inserted: bool,
+    /// Row id of the new sample, or `None` when an earlier attempt at the
+    /// same lot already stored this sample.
+    pub sample_id: Option<i64>,
     pub product: Option<ProductView>,
 }
 
@@ -457,7 +460,7 @@ impl Store {
         let Some(inserted) = inserted else {
             tx.commit().await?;
             return Ok(SampleOutcome {
-                inserted: false,
+                sample_id: None,
                 product: None,
             });
         };
@@ -465,7 +468,7 @@ impl Store {
         let Some(grade) = analysis.grade.filter(|grade| grade.is_compliant()) else {
             tx.commit().await?;
             return Ok(SampleOutcome {
-                inserted: true,
+                sample_id: Some(sample_id),
                 product: None,
             });
         };
@@ -510,7 +513,7 @@ impl Store {
         tx.commit().await?;
 
         Ok(SampleOutcome {
-            inserted: true,
+            sample_id: Some(sample_id),
             product: Some(ProductView {
                 product_id,
                 token,
@@ -677,6 +680,68 @@ impl Store {
                 })
             })
             .collect()
+    }
+
+    /// The most recent gavage run, if any.
+    pub async fn latest_run_id(&self) -> anyhow::Result<Option<String>> {
+        let row = sqlx::query("SELECT run_id FROM gavage_runs ORDER BY started_at DESC LIMIT 1")
+            .fetch_optional(&self.read)
+            .await?;
+        row.map(|row| row.try_get("run_id").map_err(Into::into))
+            .transpose()
+    }
+
+    /// Outcomes of the samples of run `run_id`'s lots, and the highest sample
+    /// id among them (0 when there is none).
+    pub async fn grade_counts(&self, run_id: &str) -> anyhow::Result<(GradeCounts, i64)> {
+        let rows = sqlx::query(
+            "SELECT s.grade, COUNT(*) AS samples, MAX(s.id) AS last_id FROM sqal_samples s \
+             JOIN lots l ON l.code_lot = s.code_lot WHERE l.run_id = $1 GROUP BY s.grade",
+        )
+        .bind(run_id)
+        .fetch_all(&self.read)
+        .await?;
+        let mut counts = GradeCounts::default();
+        let mut last_id = 0;
+        for row in &rows {
+            let grade: Option<String> = row.try_get("grade")?;
+            let grade = match grade {
+                Some(text) => Some(
+                    Grade::parse(&text)
+                        .with_context(|| format!("unknown grade {text:?} in sqal_samples"))?,
+                ),
+                None => None,
+            };
+            counts.0[GradeCounts::slot(grade)] = row.try_get("samples")?;
+            last_id = last_id.max(row.try_get::<i64, _>("last_id")?);
+        }
+        Ok((counts, last_id))
+    }
+
+    /// The most recently stored sample.
+    pub async fn latest_sample(&self) -> anyhow::Result<Option<GradedSample>> {
+        let row = sqlx::query(
+            "SELECT id, code_lot, sample_index, grade, final_score, tof_score, as7341_score, invalid_reason, \
+             tof_distances, as7341_counts FROM sqal_samples ORDER BY id DESC LIMIT 1",
+        )
+        .fetch_optional(&self.read)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let grade: Option<String> = row.try_get("grade")?;
+        let distances: String = row.try_get("tof_distances")?;
+        let counts: String = row.try_get("as7341_counts")?;
+        Ok(Some(GradedSample {
+            sample_id: row.try_get("id")?,
+            code_lot: row.try_get("code_lot")?,
+            sample_index: row.try_get("sample_index")?,
+            grade: grade.as_deref().and_then(Grade::parse),
+            final_score: row.try_get("final_score")?,
+            tof_score: row.try_get("tof_score")?,
+            as7341_score: row.try_get("as7341_score")?,
+            invalid_reason: row.try_get("invalid_reason")?,
+            tof_distances: serde_json::from_str(&distances).context("stored ToF distances")?,
+            as7341_counts: serde_json::from_str(&counts).context("stored AS7341 counts")?,
+        }))
     }
 
     /// Lots waiting in the inspection queue, and lots being inspected.

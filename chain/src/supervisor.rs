@@ -12,6 +12,8 @@ use tokio_util::sync::CancellationToken;
 
 /// How long `stop` waits for a task to wind down before aborting it.
 const STOP_GRACE: Duration = Duration::from_secs(5);
+/// Least time between two events that only report new counter values.
+const COUNTER_EVENT_SPACING: Duration = Duration::from_millis(200);
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum StartOutcome {
@@ -39,6 +41,8 @@ struct Slot {
     /// Incremented at each start, so a finished run cannot overwrite the
     /// status of a newer one.
     generation: u64,
+    /// When counters were last published.
+    counters_published: Option<std::time::Instant>,
 }
 
 #[derive(Clone)]
@@ -54,15 +58,30 @@ pub struct TaskContext {
     task: TaskName,
     generation: u64,
     slots: Arc<Mutex<HashMap<TaskName, Slot>>>,
+    bus: EventBus,
 }
 
 impl TaskContext {
+    /// Updates the task's counters and publishes them, at most every 200 ms;
+    /// the final values go out with the task's last state change.
     pub fn count(&self, update: impl FnOnce(&mut TaskCounters)) {
         let mut slots = self.slots.lock().expect("supervisor lock");
-        if let Some(slot) = slots.get_mut(&self.task) {
-            if slot.generation == self.generation {
-                update(&mut slot.status.counters);
-            }
+        let Some(slot) = slots.get_mut(&self.task) else {
+            return;
+        };
+        if slot.generation != self.generation {
+            return;
+        }
+        update(&mut slot.status.counters);
+        let now = std::time::Instant::now();
+        let due = slot
+            .counters_published
+            .is_none_or(|published| now.duration_since(published) >= COUNTER_EVENT_SPACING);
+        if due {
+            slot.counters_published = Some(now);
+            let status = slot.status.clone();
+            drop(slots);
+            self.bus.publish(Event::Task { status });
         }
     }
 }
@@ -77,6 +96,7 @@ impl Supervisor {
                     cancel: None,
                     handle: None,
                     generation: 0,
+                    counters_published: None,
                 };
                 (task, slot)
             })
@@ -141,11 +161,13 @@ impl Supervisor {
             note: None,
             last_error: None,
         };
+        slot.counters_published = None;
         let ctx = TaskContext {
             cancel: cancel.clone(),
             task,
             generation,
             slots: self.slots.clone(),
+            bus: self.bus.clone(),
         };
         let future = body(ctx);
         let supervisor = self.clone();

@@ -166,10 +166,78 @@ pub struct LotProgress {
     pub status: String,
 }
 
+/// A graded measurement as the demo page shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GradedSample {
+    /// Row id in `sqal_samples`; ids grow with time.
+    pub sample_id: i64,
+    pub code_lot: String,
+    pub sample_index: i64,
+    /// `None` when the measurement is invalid.
+    pub grade: Option<Grade>,
+    pub final_score: f64,
+    pub tof_score: f64,
+    pub as7341_score: f64,
+    pub invalid_reason: Option<String>,
+    /// 64 ToF distances in mm, row by row.
+    pub tof_distances: Vec<f64>,
+    /// AS7341 counts in the order F1..F8, Clear, NIR.
+    pub as7341_counts: Vec<f64>,
+}
+
+/// Number of samples per outcome, in the order A+, A, B, C, REJECT, invalid.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GradeCounts(pub [i64; 6]);
+
+impl GradeCounts {
+    pub fn slot(grade: Option<Grade>) -> usize {
+        match grade {
+            Some(Grade::APlus) => 0,
+            Some(Grade::A) => 1,
+            Some(Grade::B) => 2,
+            Some(Grade::C) => 3,
+            Some(Grade::Reject) => 4,
+            None => 5,
+        }
+    }
+
+    pub fn add(&mut self, grade: Option<Grade>) {
+        self.0[Self::slot(grade)] += 1;
+    }
+
+    pub fn total(&self) -> i64 {
+        self.0.iter().sum()
+    }
+}
+
+/// The whole state the demo page shows, read at one moment. Events with an
+/// id after `position` may already be included, so applying them again must
+/// change nothing: lots and products are replaced by key, and samples up to
+/// `counted_up_to` are already in `grade_counts`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChainSnapshot {
+    /// Stream position taken before the reads: `<boot>-<event id>`.
+    pub position: String,
+    pub tasks: Vec<TaskStatus>,
+    /// Latest gavage run and its lots.
+    pub run_id: Option<String>,
+    pub lots: Vec<LotProgress>,
+    /// Newest products first.
+    pub products: Vec<ProductView>,
+    pub queue_pending: i64,
+    pub queue_inspecting: i64,
+    /// Outcomes of the samples of the latest run's lots.
+    pub grade_counts: GradeCounts,
+    /// Highest sample id counted in `grade_counts`.
+    pub counted_up_to: i64,
+    pub latest_sample: Option<GradedSample>,
+}
+
 /// A state change of the chain. Pages receive them over Server-Sent Events.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
+    /// Task state or counters changed (counters at most a few times a second).
     Task {
         status: TaskStatus,
     },
@@ -187,12 +255,14 @@ pub enum Event {
         code_lot: String,
         attempts: i64,
     },
+    /// The inspection queue after a change.
+    Queue {
+        pending: i64,
+        inspecting: i64,
+    },
     SampleGraded {
-        code_lot: String,
-        sample_index: i64,
-        grade: Option<Grade>,
-        final_score: f64,
-        invalid_reason: Option<String>,
+        run_id: String,
+        sample: GradedSample,
     },
     ProductCreated {
         run_id: String,
@@ -201,6 +271,11 @@ pub enum Event {
     LotInspected {
         code_lot: String,
         verdict: String,
+    },
+    /// Sent first to a client whose position is unknown or too old to
+    /// replay: it replaces everything the client shows.
+    Snapshot {
+        snapshot: Box<ChainSnapshot>,
     },
 }
 

@@ -316,3 +316,181 @@ async fn unknown_task_is_not_found() {
     assert_eq!(status, 404);
     assert!(body["message"].as_str().unwrap().contains("abattoir"));
 }
+
+/// Reads Server-Sent Events from a response until `stop` returns true for
+/// an event or the time limit passes; returns `(id, data)` pairs.
+async fn read_events(
+    response: reqwest::Response,
+    limit: Duration,
+    mut stop: impl FnMut(&Value) -> bool,
+) -> Vec<(String, Value)> {
+    use futures::StreamExt;
+    let mut body = response.bytes_stream();
+    let mut buffer = String::new();
+    let mut events = Vec::new();
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let chunk = tokio::time::timeout_at(deadline, body.next()).await;
+        let Ok(Some(Ok(chunk))) = chunk else {
+            return events;
+        };
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            let mut id = String::new();
+            let mut data = String::new();
+            for line in block.lines() {
+                if let Some(value) = line.strip_prefix("id:") {
+                    id = value.trim().to_string();
+                } else if let Some(value) = line.strip_prefix("data:") {
+                    data.push_str(value.trim_start());
+                }
+            }
+            if data.is_empty() {
+                continue;
+            }
+            let value: Value = serde_json::from_str(&data).expect("event data is JSON");
+            let done = stop(&value);
+            events.push((id, value));
+            if done {
+                return events;
+            }
+        }
+    }
+}
+
+fn event_type(envelope: &Value) -> &str {
+    envelope["event"]["type"].as_str().unwrap_or("")
+}
+
+#[tokio::test]
+async fn event_stream_follows_one_run_in_order() {
+    let app = TestApp::start().await;
+    let stream = app
+        .client
+        .get(format!("{}/api/events", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status().as_u16(), 200);
+    assert_eq!(stream.headers()["content-type"], "text/event-stream");
+
+    let (status, _) = app
+        .post(
+            "/api/control/pipeline/start",
+            json!({ "gavage": { "nb_lots": 1, "acceleration": 2000000 }, "sqal": { "interval": 0.01, "nb_samples": 5 } }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let events = read_events(stream, Duration::from_secs(30), |event| {
+        event_type(event) == "lot_inspected"
+    })
+    .await;
+
+    // A client without a position gets a snapshot first.
+    assert_eq!(event_type(&events[0].1), "snapshot");
+    let ids: Vec<u64> = events
+        .iter()
+        .map(|(_, envelope)| envelope["id"].as_u64().unwrap())
+        .collect();
+    assert!(
+        ids.windows(2).all(|pair| pair[0] < pair[1]),
+        "ids out of order: {ids:?}"
+    );
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|(_, envelope)| event_type(envelope))
+        .collect();
+    let first = |kind: &str| {
+        kinds
+            .iter()
+            .position(|k| *k == kind)
+            .unwrap_or_else(|| panic!("no {kind} in {kinds:?}"))
+    };
+    assert!(first("lot_created") < first("meal_recorded"), "{kinds:?}");
+    assert!(first("meal_recorded") < first("lot_finished"), "{kinds:?}");
+    assert!(first("lot_finished") < first("lot_claimed"), "{kinds:?}");
+    assert!(first("lot_claimed") < first("sample_graded"), "{kinds:?}");
+    assert!(first("sample_graded") < first("lot_inspected"), "{kinds:?}");
+    let sample = &events[first("sample_graded")].1["event"]["sample"];
+    assert_eq!(sample["tof_distances"].as_array().unwrap().len(), 64);
+    assert_eq!(sample["as7341_counts"].as_array().unwrap().len(), 10);
+}
+
+#[tokio::test]
+async fn reconnect_with_last_event_id_replays_missed_events() {
+    let app = TestApp::start().await;
+    let stream = app
+        .client
+        .get(format!("{}/api/events", app.base))
+        .send()
+        .await
+        .unwrap();
+    let (status, _) = app
+        .post(
+            "/api/control/gavage/start",
+            json!({ "nb_lots": 1, "acceleration": 2000000 }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    // Read until the first meal, then drop the connection.
+    let seen = read_events(stream, Duration::from_secs(20), |event| {
+        event_type(event) == "meal_recorded"
+    })
+    .await;
+    let (last_id, last) = seen.last().expect("events before the drop").clone();
+    assert_eq!(event_type(&last), "meal_recorded");
+
+    // Wait until the lot is finished, so events were published while away.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, status) = app.get("/api/control/status").await;
+        if status["queue"]["pending"].as_i64().unwrap_or(0)
+            + status["queue"]["inspecting"].as_i64().unwrap_or(0)
+            > 0
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "lot never finished: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let resumed = app
+        .client
+        .get(format!("{}/api/events", app.base))
+        .header("Last-Event-ID", &last_id)
+        .send()
+        .await
+        .unwrap();
+    let replayed = read_events(resumed, Duration::from_secs(10), |event| {
+        event_type(event) == "lot_finished"
+    })
+    .await;
+    let last_seen = last["id"].as_u64().unwrap();
+    let first_replayed = replayed.first().expect("replayed events");
+    assert_ne!(
+        event_type(&first_replayed.1),
+        "snapshot",
+        "a known position must not need a snapshot"
+    );
+    assert_eq!(
+        first_replayed.1["id"].as_u64().unwrap(),
+        last_seen + 1,
+        "replay must start right after {last_id}"
+    );
+    assert_eq!(event_type(&replayed.last().unwrap().1), "lot_finished");
+
+    // A position from another server process gets a snapshot.
+    let stranger = app
+        .client
+        .get(format!("{}/api/events", app.base))
+        .header("Last-Event-ID", "00000000-5")
+        .send()
+        .await
+        .unwrap();
+    let fresh = read_events(stranger, Duration::from_secs(5), |_| true).await;
+    assert_eq!(event_type(&fresh[0].1), "snapshot");
+}
