@@ -5,19 +5,9 @@
 use chain::params::InvalidParam;
 #[cfg(feature = "ssr")]
 use chain::params::{GavageParams, MonitorParams, PipelineParams, SqalParams};
-use chain::views::{LotProgress, ProductView, TaskStatus, TraceView};
+use chain::views::{ChainSnapshot, ProductView, TaskStatus, TraceView};
 use leptos::prelude::*;
 use serde::{Deserialize, Serialize};
-
-/// What the demo page shows on its first render.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DemoState {
-    pub tasks: Vec<TaskStatus>,
-    pub lots: Vec<LotProgress>,
-    pub products: Vec<ProductView>,
-    pub queue_pending: i64,
-    pub queue_inspecting: i64,
-}
 
 /// Result of a start request: the task's status, or the parameter that was
 /// rejected (nothing is started then).
@@ -44,20 +34,10 @@ fn internal(error: anyhow::Error) -> ServerFnError {
     ServerFnError::new("internal error, see the server log")
 }
 
+/// Everything the demo page shows, with the stream position to follow from.
 #[server(prefix = "/fn")]
-pub async fn demo_snapshot() -> Result<DemoState, ServerFnError> {
-    let services = services()?;
-    let lots = services.store.latest_run_lots().await.map_err(internal)?;
-    let products = services.store.products(None, 10).await.map_err(internal)?;
-    let (queue_pending, queue_inspecting) =
-        services.store.queue_counts().await.map_err(internal)?;
-    Ok(DemoState {
-        tasks: services.supervisor.statuses(),
-        lots,
-        products,
-        queue_pending,
-        queue_inspecting,
-    })
+pub async fn demo_snapshot() -> Result<ChainSnapshot, ServerFnError> {
+    services()?.snapshot().await.map_err(internal)
 }
 
 #[server(prefix = "/fn")]

@@ -1,12 +1,14 @@
 //! The end-to-end demo page: starts and stops the simulators, runs the
 //! whole chain in one click and follows it live until the QR code appears.
 
-use crate::api::{self, DemoState, StartResult};
+use crate::api::{self, StartResult};
 use crate::i18n::{self, Lang};
+use crate::trace::{HeatMap, Spectrum};
 use crate::{use_lang, LangSwitch};
 use chain::params::InvalidParam;
 use chain::views::{
-    Event, EventEnvelope, LotProgress, ProductView, TaskName, TaskState, TaskStatus,
+    ChainSnapshot, Event, EventEnvelope, GradeCounts, GradedSample, LotProgress, ProductView,
+    TaskName, TaskState, TaskStatus,
 };
 use leptos::prelude::*;
 use leptos::task::spawn_local;
@@ -119,24 +121,34 @@ fn describe(lang: Lang, event: &Event) -> String {
             "{} {code_lot}",
             lang.tr("Inspection SQAL de", "SQAL inspection of")
         ),
-        Event::SampleGraded {
-            code_lot,
-            sample_index,
-            grade,
-            invalid_reason,
-            ..
-        } => match (grade, invalid_reason) {
+        Event::SampleGraded { sample, .. } => match (&sample.grade, &sample.invalid_reason) {
             (Some(grade), _) => format!(
-                "{} {code_lot} #{sample_index} : {grade}",
-                lang.tr("Mesure", "Sample")
+                "{} {} #{} : {grade}",
+                lang.tr("Mesure", "Sample"),
+                sample.code_lot,
+                sample.sample_index
             ),
             (None, reason) => format!(
-                "{} {code_lot} #{sample_index} : {} ({})",
+                "{} {} #{} : {} ({})",
                 lang.tr("Mesure", "Sample"),
+                sample.code_lot,
+                sample.sample_index,
                 lang.tr("mesure invalide", "measurement invalid"),
                 reason.clone().unwrap_or_default()
             ),
         },
+        Event::Queue {
+            pending,
+            inspecting,
+        } => format!(
+            "{} {pending} {}, {inspecting} {}",
+            lang.tr("File d'inspection :", "Inspection queue:"),
+            lang.tr("en attente", "waiting"),
+            lang.tr("en cours", "in progress")
+        ),
+        Event::Snapshot { .. } => lang
+            .tr("État complet resynchronisé", "Full state resynchronised")
+            .to_string(),
         Event::ProductCreated { product, .. } => format!(
             "{} {} ({})",
             lang.tr("Produit créé", "Product created"),
@@ -199,16 +211,25 @@ impl Fields {
     }
 }
 
-/// Live state of the page, updated by the event stream.
+/// Live state of the page: the snapshot it started from, kept current by
+/// the event stream.
 #[derive(Clone, Copy)]
 #[cfg_attr(not(feature = "hydrate"), allow(dead_code))]
 struct LiveState {
+    position: RwSignal<String>,
     tasks: RwSignal<Vec<TaskStatus>>,
     lots: RwSignal<Vec<LotProgress>>,
     run_id: RwSignal<Option<String>>,
     products: RwSignal<Vec<ProductView>>,
+    queue: RwSignal<(i64, i64)>,
+    grade_counts: RwSignal<GradeCounts>,
+    /// Samples up to this id are already in `grade_counts`.
+    counted_up_to: RwSignal<i64>,
+    latest_sample: RwSignal<Option<GradedSample>>,
     log: RwSignal<Vec<(u64, String)>>,
     connected: RwSignal<bool>,
+    /// Browser clock time (HH:MM:SS) at which the stream dropped.
+    lost_since: RwSignal<Option<String>>,
     /// Run whose first product the page waits for after a pipeline click.
     waiting_run: RwSignal<Option<String>>,
     shown: RwSignal<Option<ProductView>>,
@@ -216,68 +237,118 @@ struct LiveState {
 }
 
 impl LiveState {
+    fn new(snapshot: ChainSnapshot) -> Self {
+        LiveState {
+            position: RwSignal::new(snapshot.position.clone()),
+            tasks: RwSignal::new(Vec::new()),
+            lots: RwSignal::new(Vec::new()),
+            run_id: RwSignal::new(None),
+            products: RwSignal::new(Vec::new()),
+            queue: RwSignal::new((0, 0)),
+            grade_counts: RwSignal::new(GradeCounts::default()),
+            counted_up_to: RwSignal::new(0),
+            latest_sample: RwSignal::new(None),
+            log: RwSignal::new(Vec::new()),
+            connected: RwSignal::new(false),
+            lost_since: RwSignal::new(None),
+            waiting_run: RwSignal::new(None),
+            shown: RwSignal::new(None),
+            notice: RwSignal::new(None),
+        }
+        .with_snapshot(snapshot)
+    }
+
+    /// Replaces everything the snapshot covers.
+    fn with_snapshot(self, snapshot: ChainSnapshot) -> Self {
+        self.position.set(snapshot.position);
+        self.tasks.set(snapshot.tasks);
+        self.run_id.set(snapshot.run_id);
+        self.lots.set(snapshot.lots);
+        self.products.set(snapshot.products);
+        self.queue
+            .set((snapshot.queue_pending, snapshot.queue_inspecting));
+        self.grade_counts.set(snapshot.grade_counts);
+        self.counted_up_to.set(snapshot.counted_up_to);
+        self.latest_sample.set(snapshot.latest_sample);
+        self
+    }
+
     #[cfg_attr(not(feature = "hydrate"), allow(dead_code))]
     fn apply(&self, lang: Lang, envelope: EventEnvelope) {
-        let line = describe(lang, &envelope.event);
-        self.log.update(|log| {
-            log.insert(0, (envelope.id, line));
-            log.truncate(LOG_LINES);
-        });
-        self.count(&envelope.event);
-        match envelope.event {
-            Event::Task { status } => self.tasks.update(|tasks| {
-                if let Some(slot) = tasks.iter_mut().find(|task| task.task == status.task) {
-                    *slot = status;
-                }
+        // Task events that only carry new counters would flood the log.
+        let state_changed = match &envelope.event {
+            Event::Task { status } => self.tasks.with_untracked(|tasks| {
+                tasks
+                    .iter()
+                    .find(|known| known.task == status.task)
+                    .is_none_or(|known| known.state != status.state)
             }),
+            _ => true,
+        };
+        if state_changed {
+            let line = describe(lang, &envelope.event);
+            self.log.update(|log| {
+                if log.first().is_none_or(|(id, _)| *id != envelope.id) {
+                    log.insert(0, (envelope.id, line));
+                    log.truncate(LOG_LINES);
+                }
+            });
+        }
+        match envelope.event {
+            Event::Task { status } => self.set_task(status),
             Event::LotCreated { run_id, lot } => {
                 if self.run_id.get_untracked().as_deref() != Some(run_id.as_str()) {
                     self.run_id.set(Some(run_id));
                     self.lots.set(Vec::new());
+                    self.grade_counts.set(GradeCounts::default());
                 }
-                self.lots.update(|lots| lots.push(lot));
+                self.upsert_lot(lot);
             }
-            Event::MealRecorded { lot } => self.lots.update(|lots| {
-                if let Some(slot) = lots.iter_mut().find(|known| known.code_lot == lot.code_lot) {
-                    *slot = lot;
-                }
-            }),
+            Event::MealRecorded { lot } => self.upsert_lot(lot),
             Event::LotClaimed { code_lot, .. } => {
                 self.set_lot_status(&code_lot, "inspecting".to_string())
             }
             Event::LotInspected { code_lot, verdict } => {
                 self.set_lot_status(&code_lot, format!("inspected ({verdict})"))
             }
+            Event::Queue {
+                pending,
+                inspecting,
+            } => self.queue.set((pending, inspecting)),
+            Event::SampleGraded { run_id, sample } => {
+                let this_run = self.run_id.get_untracked().as_deref() == Some(run_id.as_str());
+                if this_run && sample.sample_id > self.counted_up_to.get_untracked() {
+                    self.counted_up_to.set(sample.sample_id);
+                    self.grade_counts.update(|counts| counts.add(sample.grade));
+                }
+                self.latest_sample.set(Some(sample));
+            }
             Event::ProductCreated { run_id, product } => {
                 if self.waiting_run.get_untracked().as_deref() == Some(run_id.as_str()) {
                     self.show_run_product(lang, product.clone());
                 }
-                self.products.update(|products| {
-                    products.insert(0, product);
-                    products.truncate(50);
-                });
+                if self.products.with_untracked(|products| {
+                    products.iter().all(|known| known.token != product.token)
+                }) {
+                    self.products.update(|products| {
+                        products.insert(0, product);
+                        products.truncate(50);
+                    });
+                }
             }
-            Event::LotFinished { .. } | Event::SampleGraded { .. } => {}
+            Event::Snapshot { snapshot } => {
+                self.with_snapshot(*snapshot);
+            }
+            Event::LotFinished { .. } => {}
         }
     }
 
-    /// Keeps the task counters current between two task status events.
     #[cfg_attr(not(feature = "hydrate"), allow(dead_code))]
-    fn count(&self, event: &Event) {
-        let (task, update): (TaskName, fn(&mut chain::views::TaskCounters)) = match event {
-            Event::LotCreated { .. } => (TaskName::Gavage, |counters| counters.lots += 1),
-            Event::MealRecorded { .. } => (TaskName::Gavage, |counters| counters.meals += 1),
-            Event::LotClaimed { .. } => (TaskName::Monitor, |counters| counters.lots += 1),
-            Event::SampleGraded { .. } => (TaskName::Sqal, |counters| counters.samples += 1),
-            Event::ProductCreated { .. } => (TaskName::Sqal, |counters| counters.products += 1),
-            _ => return,
-        };
-        self.tasks.update(|tasks| {
-            if let Some(status) = tasks
-                .iter_mut()
-                .find(|status| status.task == task && status.state == TaskState::Running)
-            {
-                update(&mut status.counters);
+    fn upsert_lot(&self, lot: LotProgress) {
+        self.lots.update(|lots| {
+            match lots.iter_mut().find(|known| known.code_lot == lot.code_lot) {
+                Some(slot) => *slot = lot,
+                None => lots.push(lot),
             }
         });
     }
@@ -313,19 +384,9 @@ impl LiveState {
 }
 
 #[component]
-fn Live(snapshot: DemoState) -> impl IntoView {
+fn Live(snapshot: ChainSnapshot) -> impl IntoView {
     let lang = use_lang();
-    let state = LiveState {
-        tasks: RwSignal::new(snapshot.tasks),
-        lots: RwSignal::new(snapshot.lots),
-        run_id: RwSignal::new(None),
-        products: RwSignal::new(snapshot.products),
-        log: RwSignal::new(Vec::new()),
-        connected: RwSignal::new(false),
-        waiting_run: RwSignal::new(None),
-        shown: RwSignal::new(None),
-        notice: RwSignal::new(None),
-    };
+    let state = LiveState::new(snapshot);
     let fields = Fields::with_defaults();
 
     #[cfg(feature = "hydrate")]
@@ -339,6 +400,7 @@ fn Live(snapshot: DemoState) -> impl IntoView {
                 {TaskName::ALL.into_iter().map(|task| view! { <TaskCard task state fields/> }).collect_view()}
             </div>
         </section>
+        <Checks state/>
         <div class="columns">
             <section class="card">
                 <h2>{lang.tr("Produits et QR code", "Products and QR code")}</h2>
@@ -348,21 +410,187 @@ fn Live(snapshot: DemoState) -> impl IntoView {
             <section class="card">
                 <h2>{lang.tr("Lots en cours", "Lots in progress")}</h2>
                 <LotTable state/>
-                <h2>{lang.tr("Journal", "Event log")}</h2>
-                <p class="muted">
-                    {move || if state.connected.get() {
-                        lang.tr("Flux en direct connecté", "Live stream connected")
-                    } else {
-                        lang.tr("Flux en direct déconnecté", "Live stream disconnected")
-                    }}
-                </p>
-                <ol class="log" data-testid="event-log">
-                    <For each=move || state.log.get() key=|(id, _)| *id let:entry>
-                        <li>{entry.1}</li>
-                    </For>
-                </ol>
+                <h2>{lang.tr("Station SQAL", "SQAL station")}</h2>
+                <SqalPanel state/>
             </section>
         </div>
+        <section class="card">
+            <h2>{lang.tr("Journal", "Event log")}</h2>
+            <ol class="log" data-testid="event-log">
+                <For each=move || state.log.get() key=|(id, _)| *id let:entry>
+                    <li>{entry.1}</li>
+                </For>
+            </ol>
+        </section>
+    }
+}
+
+/// What an operator would otherwise check by hand, kept live.
+#[component]
+fn Checks(state: LiveState) -> impl IntoView {
+    let lang = use_lang();
+    let stream = move || match (state.connected.get(), state.lost_since.get()) {
+        (true, _) => (
+            "check ok",
+            lang.tr(
+                "Serveur joignable, flux en direct connecté",
+                "Server reachable, live stream connected",
+            )
+            .to_string(),
+        ),
+        (false, Some(since)) => (
+            "check bad",
+            format!(
+                "{} {since}",
+                lang.tr("Connexion perdue depuis", "Connection lost since")
+            ),
+        ),
+        (false, None) => (
+            "check wait",
+            lang.tr(
+                "Connexion au flux en direct…",
+                "Connecting to the live stream…",
+            )
+            .to_string(),
+        ),
+    };
+    let latest = move || match state
+        .products
+        .with(|products| products.first().map(|product| product.product_id.clone()))
+    {
+        Some(id) => (
+            "check ok",
+            format!("{} {id}", lang.tr("Dernier produit :", "Latest product:")),
+        ),
+        None => (
+            "check wait",
+            lang.tr("Aucun produit pour l'instant", "No product yet")
+                .to_string(),
+        ),
+    };
+    let queue = move || {
+        let (pending, inspecting) = state.queue.get();
+        (
+            if pending + inspecting > 0 {
+                "check busy"
+            } else {
+                "check ok"
+            },
+            format!(
+                "{} {pending} {}, {inspecting} {}",
+                lang.tr("File d'inspection :", "Inspection queue:"),
+                lang.tr("en attente", "waiting"),
+                lang.tr("en inspection", "being inspected")
+            ),
+        )
+    };
+    let station = move || {
+        let status = state
+            .tasks
+            .get()
+            .into_iter()
+            .find(|status| status.task == TaskName::Sqal);
+        match status {
+            Some(status) if status.state == TaskState::Failed => (
+                "check bad",
+                format!(
+                    "{} {}",
+                    lang.tr("Station SQAL en échec :", "SQAL station failed:"),
+                    status.last_error.unwrap_or_default()
+                ),
+            ),
+            Some(status) => (
+                if status.state == TaskState::Running {
+                    "check ok"
+                } else {
+                    "check wait"
+                },
+                format!(
+                    "{} {}",
+                    lang.tr("Station SQAL :", "SQAL station:"),
+                    state_label(lang, status.state)
+                ),
+            ),
+            None => ("check wait", String::new()),
+        }
+    };
+    let item = |check: Box<dyn Fn() -> (&'static str, String) + Send + Sync>,
+                test_id: &'static str| {
+        let check = std::sync::Arc::new(check);
+        let class_check = check.clone();
+        view! {
+            <li class=move || class_check().0 data-testid=test_id>{move || check().1}</li>
+        }
+    };
+    view! {
+        <section class="card">
+            <h2>{lang.tr("Vérifications", "Checks")}</h2>
+            <ul class="checks">
+                {item(Box::new(stream), "check-stream")}
+                {item(Box::new(latest), "check-product")}
+                {item(Box::new(queue), "check-queue")}
+                {item(Box::new(station), "check-station")}
+            </ul>
+        </section>
+    }
+}
+
+/// The latest sample's ToF heat map and spectrum, and the grade counts of
+/// the current run.
+#[component]
+fn SqalPanel(state: LiveState) -> impl IntoView {
+    let lang = use_lang();
+    const LABELS: [&str; 6] = ["A+", "A", "B", "C", "REJECT", "?"];
+    let bars = move || {
+        let counts = state.grade_counts.get();
+        let max = counts.0.iter().copied().max().unwrap_or(0).max(1) as f64;
+        counts
+            .0
+            .iter()
+            .enumerate()
+            .map(|(index, count)| {
+                let width = 100.0 * *count as f64 / max;
+                view! {
+                    <div class="bar-row">
+                        <span class="bar-label">{LABELS[index]}</span>
+                        <span class=format!("bar bar-{index}") style=format!("width: {width:.0}%")></span>
+                        <span class="bar-value">{*count}</span>
+                    </div>
+                }
+            })
+            .collect_view()
+    };
+    view! {
+        <div class="grade-chart" data-testid="grade-counts" aria-label=lang.tr("Répartition des grades", "Grade counts")>
+            {bars}
+        </div>
+        <p class="muted">{lang.tr("« ? » : mesure invalide", "“?”: measurement invalid")}</p>
+        {move || match state.latest_sample.get() {
+            None => view! { <p class="muted">{lang.tr("Aucune mesure pour l'instant.", "No sample yet.")}</p> }.into_any(),
+            Some(sample) => view! {
+                <p>
+                    {format!(
+                        "{} {} #{} : {} ({} {})",
+                        lang.tr("Dernière mesure", "Latest sample"),
+                        sample.code_lot,
+                        sample.sample_index,
+                        sample.grade.map(|grade| grade.to_string()).unwrap_or_else(|| lang.tr("invalide", "invalid").to_string()),
+                        lang.tr("score", "score"),
+                        i18n::score(sample.final_score)
+                    )}
+                </p>
+                <div class="evidence" data-testid="latest-sample">
+                    <figure>
+                        <HeatMap distances=sample.tof_distances.clone()/>
+                        <figcaption>{lang.tr("ToF 8×8 (hauteur en mm)", "8×8 ToF (height in mm)")}</figcaption>
+                    </figure>
+                    <figure>
+                        <Spectrum counts=sample.as7341_counts.clone()/>
+                        <figcaption>{lang.tr("Spectre AS7341", "AS7341 spectrum")}</figcaption>
+                    </figure>
+                </div>
+            }.into_any(),
+        }}
     }
 }
 
@@ -727,10 +955,12 @@ mod stream {
     use wasm_bindgen::closure::Closure;
     use wasm_bindgen::JsCast;
 
-    /// Opens `/api/events` and applies each event to the page. The browser
-    /// reconnects by itself after a drop.
+    /// Opens `/api/events` after the snapshot's position and applies each
+    /// event to the page. After a drop the browser reconnects by itself and
+    /// sends the last position it saw, so the server replays what was missed.
     pub fn connect(lang: Lang, state: LiveState) {
-        let Ok(source) = web_sys::EventSource::new("/api/events") else {
+        let url = format!("/api/events?after={}", state.position.get_untracked());
+        let Ok(source) = web_sys::EventSource::new(&url) else {
             state.connected.set(false);
             return;
         };
@@ -748,11 +978,26 @@ mod stream {
         source.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
         on_message.forget();
 
-        let on_open = Closure::<dyn FnMut()>::new(move || state.connected.set(true));
+        let on_open = Closure::<dyn FnMut()>::new(move || {
+            state.connected.set(true);
+            state.lost_since.set(None);
+        });
         source.set_onopen(Some(on_open.as_ref().unchecked_ref()));
         on_open.forget();
 
-        let on_error = Closure::<dyn FnMut()>::new(move || state.connected.set(false));
+        let on_error = Closure::<dyn FnMut()>::new(move || {
+            state.connected.set(false);
+            if state.lost_since.get_untracked().is_none() {
+                let now = js_sys::Date::new_0();
+                let time = format!(
+                    "{:02}:{:02}:{:02}",
+                    now.get_hours(),
+                    now.get_minutes(),
+                    now.get_seconds()
+                );
+                state.lost_since.set(Some(time));
+            }
+        });
         source.set_onerror(Some(on_error.as_ref().unchecked_ref()));
         on_error.forget();
 

@@ -3,7 +3,7 @@ import { expect, test } from "@playwright/test";
 test("pipeline click leads to trace page", async ({ page }) => {
   await page.goto("/e2e-demo");
   // The stream connects once the page is hydrated: only then do buttons work.
-  await expect(page.getByText("Flux en direct connecté")).toBeVisible({ timeout: 30_000 });
+  await expect(page.getByTestId("check-stream")).toContainText("flux en direct connecté", { timeout: 30_000 });
 
   await page.getByRole("button", { name: "Démarrer le pipeline (auto)" }).click();
   await expect(page.getByTestId("pipeline-status")).toContainText("En attente du premier produit");
@@ -36,7 +36,7 @@ test("pipeline click leads to trace page", async ({ page }) => {
 
 test("bad acceleration is refused with the field and range", async ({ page }) => {
   await page.goto("/e2e-demo");
-  await expect(page.getByText("Flux en direct connecté")).toBeVisible({ timeout: 30_000 });
+  await expect(page.getByTestId("check-stream")).toContainText("flux en direct connecté", { timeout: 30_000 });
   const gavage = page.locator('[data-task="gavage"]');
   await gavage.getByLabel("acceleration").fill("0");
   await gavage.getByRole("button", { name: "Démarrer" }).click();
