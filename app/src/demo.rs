@@ -798,8 +798,16 @@ fn TaskCard(task: TaskName, state: LiveState, fields: Fields) -> impl IntoView {
                     TaskName::Monitor => format!("{} {}", counters.lots, lang.tr("lots transmis", "lots handed over")),
                     TaskName::Sqal => format!("{} {}, {} {}", counters.samples, lang.tr("mesures", "samples"), counters.products, lang.tr("produits", "products")),
                 };
+                // The start time, not a running uptime: rendering the time
+                // since start would differ between server and browser.
+                let since = status.started_at.as_deref().map(|started| format!(
+                    "{} {}",
+                    lang.tr("Démarré le", "Started on"),
+                    i18n::date_time(started)
+                ));
                 view! {
                     <p class="counters">{counts}</p>
+                    {since.map(|since| view! { <p class="muted">{since}</p> })}
                     {status.note.map(|note| view! { <p class="muted">{note}</p> })}
                     {status.last_error.map(|failure| view! { <p class="notice error">{failure}</p> })}
                 }
@@ -935,7 +943,11 @@ fn LotTable(state: LiveState) -> impl IntoView {
                             <span class="muted">{format!("{} {}/{} · {}/{} {}", lang.tr("jour", "day"), lot.jour, lot.duree_jours, lot.meals_done, lot.meals_total, lang.tr("repas", "meals"))}</span>
                         </td>
                         <td>{lot.poids_moyen.map(|weight| format!("{:.2} kg", weight / 1000.0)).unwrap_or_else(|| "—".to_string())}</td>
-                        <td>{lot.taux_mortalite.map(|rate| format!("{rate:.1} %")).unwrap_or_else(|| "—".to_string())}</td>
+                        <td>
+                            {lot.taux_mortalite.map(|rate| format!("{rate:.1} %")).unwrap_or_else(|| "—".to_string())}
+                            <br/>
+                            <span class="muted">{lot.nb_canards_vivants.map(|alive| format!("{alive} {}", lang.tr("vivants", "alive"))).unwrap_or_default()}</span>
+                        </td>
                         <td>{lot_status_label(lang, &lot.status)}</td>
                     </tr>
                 </For>

@@ -94,7 +94,8 @@ impl Services {
 
     /// Starts the whole chain for one click. A gavage run already going is
     /// stopped first, so that the products this click waits for come from
-    /// lots this click created. Monitor and station keep running if they are.
+    /// lots this click created. Monitor and station keep running when their
+    /// parameters are the requested ones.
     pub async fn start_pipeline(
         &self,
         params: PipelineParams,
@@ -103,6 +104,24 @@ impl Services {
         let started_at = crate::time::now();
         if self.supervisor.is_active(TaskName::Gavage) {
             self.stop(TaskName::Gavage).await;
+        }
+        // A monitor or station already running with other parameters is
+        // restarted, so that the click's parameters apply.
+        let wanted = [
+            (
+                TaskName::Sqal,
+                serde_json::to_value(&params.sqal).expect("parameters serialize"),
+            ),
+            (
+                TaskName::Monitor,
+                serde_json::to_value(&params.monitor).expect("parameters serialize"),
+            ),
+        ];
+        for (task, json) in wanted {
+            let status = self.supervisor.status(task);
+            if status.state.is_active() && status.params.as_ref() != Some(&json) {
+                self.stop(task).await;
+            }
         }
         self.start_sqal(params.sqal)?;
         self.start_monitor(params.monitor)?;
