@@ -5,7 +5,7 @@ use crate::api::trace;
 use crate::i18n::{self, Lang};
 use crate::{use_lang, LangSwitch};
 use chain::grade::Grade;
-use chain::views::{SampleView, TraceView};
+use chain::views::{MealPoint, SampleView, TraceView};
 use leptos::prelude::*;
 use leptos_meta::Title;
 use leptos_router::hooks::{use_params_map, use_query_map};
@@ -99,7 +99,9 @@ fn TraceDetails(view: TraceView) -> impl IntoView {
         product,
         lot,
         sample,
+        meals,
     } = view;
+    let hint_note = hint_mismatch(lang, &product.code_lot, product.grade);
     let title = format!("{} — {}", product.product_id, lot.code_lot);
     let rule = match product.grade.min_score() {
         Some(min) => format!(
@@ -141,6 +143,7 @@ fn TraceDetails(view: TraceView) -> impl IntoView {
                 <dt>{lang.tr("Produit le", "Produced on")}</dt><dd>{i18n::date_time(&product.created_at)}</dd>
             </dl>
             <p class="rule">{rule}</p>
+            {hint_note.map(|note| view! { <p class="notice info" data-testid="hint-note">{note}</p> })}
         </section>
 
         <section class="card lot">
@@ -161,11 +164,129 @@ fn TraceDetails(view: TraceView) -> impl IntoView {
             </dl>
         </section>
 
+        <section class="card curve">
+            <h2>{lang.tr("Courbe de gavage", "Feeding curve")}</h2>
+            <FeedingCurve meals/>
+        </section>
+
         <section class="card sample">
             <h2>{lang.tr("La mesure SQAL", "The SQAL measurement")}</h2>
-            <SampleEvidence sample/>
+            <SampleEvidence sample=sample.clone()/>
+        </section>
+
+        <section class="card timeline">
+            <h2>{lang.tr("Historique", "Timeline")}</h2>
+            <ol class="steps">
+                <li><strong>{lang.tr("Début du gavage", "Gavage started")}</strong>" — "{i18n::date_time(&lot.started_at)}</li>
+                <li><strong>{lang.tr("Fin du gavage, prêt abattage", "Gavage finished, ready for slaughter")}</strong>" — "{or_missing(lang, lot.finished_at.as_deref().map(i18n::date_time))}</li>
+                <li><strong>{lang.tr("Inspection SQAL", "SQAL inspection")}</strong>" — "{format!("{} ({})", i18n::date_time(&sample.measured_at), sample.device_id)}</li>
+                <li><strong>{lang.tr("Produit créé", "Product created")}</strong>" — "{i18n::date_time(&product.created_at)}</li>
+            </ol>
         </section>
     }
+}
+
+/// Compares the QR payload's hints (`?lot=…&grade=…`) with the stored
+/// product, and explains a mismatch: the stored values are the ones shown.
+fn hint_mismatch(lang: Lang, code_lot: &str, grade: Grade) -> Option<String> {
+    let query = use_query_map();
+    let (hinted_lot, hinted_grade) =
+        query.with_untracked(|query| (query.get("lot"), query.get("grade")));
+    let lot_differs = hinted_lot.as_deref().is_some_and(|hint| hint != code_lot);
+    let grade_differs = hinted_grade
+        .as_deref()
+        .is_some_and(|hint| hint != grade.as_str());
+    if !lot_differs && !grade_differs {
+        return None;
+    }
+    Some(format!(
+        "{} {} / {}. {}",
+        lang.tr("Le QR code indiquait", "The QR code said"),
+        hinted_lot.unwrap_or_default(),
+        hinted_grade.unwrap_or_default(),
+        lang.tr(
+            "Les valeurs affichées sont celles enregistrées par la coopérative.",
+            "The values shown are the ones the cooperative recorded."
+        )
+    ))
+}
+
+/// Feeding curve of the lot: maize per duck and per day as bars, mean live
+/// weight after the day's last meal as a line.
+#[component]
+fn FeedingCurve(meals: Vec<MealPoint>) -> impl IntoView {
+    let lang = use_lang();
+    if meals.is_empty() {
+        return view! { <p class="muted">{lang.tr("Aucun repas enregistré.", "No meal recorded.")}</p> }.into_any();
+    }
+    // (day, total dose of the day in g, mean weight after its last meal in g)
+    let mut days: Vec<(i64, f64, f64)> = Vec::new();
+    for meal in &meals {
+        match days.last_mut() {
+            Some(day) if day.0 == meal.jour => {
+                day.1 += meal.dose_reelle;
+                day.2 = meal.poids_moyen;
+            }
+            _ => days.push((meal.jour, meal.dose_reelle, meal.poids_moyen)),
+        }
+    }
+
+    const WIDTH: f64 = 320.0;
+    const HEIGHT: f64 = 180.0;
+    const LEFT: f64 = 34.0;
+    const RIGHT: f64 = 34.0;
+    const TOP: f64 = 10.0;
+    const BOTTOM: f64 = 24.0;
+    let plot_width = WIDTH - LEFT - RIGHT;
+    let plot_height = HEIGHT - TOP - BOTTOM;
+    let max_dose = days.iter().map(|day| day.1).fold(1.0, f64::max);
+    let min_weight = days.iter().map(|day| day.2).fold(f64::MAX, f64::min);
+    let max_weight = days.iter().map(|day| day.2).fold(f64::MIN, f64::max);
+    let weight_span = (max_weight - min_weight).max(1.0);
+    let slot = plot_width / days.len() as f64;
+
+    let bars = days
+        .iter()
+        .enumerate()
+        .map(|(index, (jour, dose, _))| {
+            let height = plot_height * dose / max_dose;
+            view! {
+                <rect class="dose" x=format!("{:.1}", LEFT + index as f64 * slot + slot * 0.15) y=format!("{:.1}", TOP + plot_height - height)
+                    width=format!("{:.1}", slot * 0.7) height=format!("{height:.1}")>
+                    <title>{format!("{} {jour} : {dose:.0} g", lang.tr("jour", "day"))}</title>
+                </rect>
+            }
+        })
+        .collect_view();
+    let points = days
+        .iter()
+        .enumerate()
+        .map(|(index, (_, _, weight))| {
+            let x = LEFT + (index as f64 + 0.5) * slot;
+            let y = TOP + plot_height * (1.0 - (weight - min_weight) / weight_span);
+            format!("{x:.1},{y:.1}")
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    let last_day = days.last().map(|day| day.0).unwrap_or(0);
+
+    view! {
+        <svg class="feeding" viewBox=format!("0 0 {WIDTH} {HEIGHT}") role="img"
+            aria-label=lang.tr("Courbe de gavage", "Feeding curve")>
+            {bars}
+            <polyline class="weight" points=points fill="none"/>
+            <text x="2" y=format!("{}", TOP + 8.0) font-size="9">{format!("{max_dose:.0} g")}</text>
+            <text x=format!("{}", WIDTH - RIGHT + 2.0) y=format!("{}", TOP + 8.0) font-size="9">{format!("{:.1} kg", max_weight / 1000.0)}</text>
+            <text x=format!("{}", WIDTH - RIGHT + 2.0) y=format!("{}", TOP + plot_height) font-size="9">{format!("{:.1} kg", min_weight / 1000.0)}</text>
+            <text x=format!("{LEFT}") y=format!("{}", HEIGHT - 8.0) font-size="9">{format!("{} 0", lang.tr("jour", "day"))}</text>
+            <text x=format!("{}", WIDTH - RIGHT) y=format!("{}", HEIGHT - 8.0) font-size="9" text-anchor="end">{format!("{} {last_day}", lang.tr("jour", "day"))}</text>
+        </svg>
+        <p class="muted">{lang.tr(
+            "Barres : maïs par canard et par jour (matin + soir). Ligne : poids vif moyen.",
+            "Bars: maize per duck and per day (morning + evening). Line: mean live weight.",
+        )}</p>
+    }
+    .into_any()
 }
 
 #[component]

@@ -7,7 +7,7 @@ use crate::grade::Grade;
 use crate::monitor::ClaimedLot;
 use crate::sqal::{Analysis, Measurement};
 use crate::views::{
-    GradeCounts, GradedSample, LotProgress, LotView, ProductView, SampleView, TraceView,
+    GradeCounts, GradedSample, LotProgress, LotView, MealPoint, ProductView, SampleView, TraceView,
 };
 use anyhow::Context;
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -637,10 +637,27 @@ impl Store {
             tof_distances: serde_json::from_str(&distances).context("stored ToF distances")?,
             as7341_counts: serde_json::from_str(&counts).context("stored AS7341 counts")?,
         };
+        let meals = sqlx::query(
+            "SELECT jour, moment, dose_reelle, poids_moyen FROM meals WHERE code_lot = $1 ORDER BY jour, moment",
+        )
+        .bind(&product.code_lot)
+        .fetch_all(&self.read)
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(MealPoint {
+                jour: row.try_get("jour")?,
+                moment: row.try_get("moment")?,
+                dose_reelle: row.try_get("dose_reelle")?,
+                poids_moyen: row.try_get("poids_moyen")?,
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Some(TraceView {
             product,
             lot,
             sample,
+            meals,
         }))
     }
 

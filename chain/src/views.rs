@@ -147,6 +147,20 @@ pub struct TraceView {
     pub product: ProductView,
     pub lot: LotView,
     pub sample: SampleView,
+    /// The lot's recorded meals, in order.
+    pub meals: Vec<MealPoint>,
+}
+
+/// One recorded meal, for the feeding curve.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MealPoint {
+    pub jour: i64,
+    /// `matin` or `soir`.
+    pub moment: String,
+    /// Maize per duck, in g.
+    pub dose_reelle: f64,
+    /// Mean live weight after the meal, in g.
+    pub poids_moyen: f64,
 }
 
 /// One lot of the current gavage run, as the demo page follows it.

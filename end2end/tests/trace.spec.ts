@@ -22,6 +22,8 @@ test("trace page shows product, lot and grade", async ({ page, request }) => {
   await expect(page.getByTestId("code-lot")).toHaveText(product.code_lot);
   await expect(page.getByTestId("grade")).toHaveText(product.grade);
   await expect(page.getByRole("img", { name: "ToF 8×8" })).toBeVisible();
+  await expect(page.getByRole("img", { name: "Courbe de gavage" })).toBeVisible();
+  await expect(page.getByRole("heading", { name: "Historique" })).toBeVisible();
   const scrollWidth = await page.evaluate(() => document.documentElement.scrollWidth);
   const viewport = page.viewportSize()!.width;
   expect(scrollWidth, "no horizontal scroll").toBeLessThanOrEqual(viewport);
@@ -31,4 +33,13 @@ test("unknown token shows produit introuvable with 404", async ({ page }) => {
   const response = await page.goto("/trace/AAAAAAAAAAAAAAAAAAAAAA");
   expect(response?.status()).toBe(404);
   await expect(page.getByRole("heading", { name: "Produit introuvable" })).toBeVisible();
+});
+
+test("stored values win over the QR payload hints", async ({ page, request }) => {
+  const product = await someProduct(request);
+  const wrongGrade = product.grade === "C" ? "A+" : "C";
+  await page.goto(`/trace/${product.token}?lot=XX0000000&grade=${encodeURIComponent(wrongGrade)}`);
+  await expect(page.getByTestId("grade")).toHaveText(product.grade);
+  await expect(page.getByTestId("code-lot")).toHaveText(product.code_lot);
+  await expect(page.getByTestId("hint-note")).toContainText("XX0000000");
 });
