@@ -15,6 +15,8 @@ pub mod bus;
 #[cfg(feature = "server")]
 pub mod gavage;
 #[cfg(feature = "server")]
+pub mod ingest;
+#[cfg(feature = "server")]
 pub mod monitor;
 #[cfg(feature = "server")]
 pub mod qr;

@@ -3,12 +3,12 @@
 //! measurement, and the station task that inspects claimed lots.
 
 use crate::grade::{self, Grade};
+use crate::ingest::{IngestError, SamplePayload};
 use crate::monitor::ClaimedLot;
 use crate::params::SqalParams;
 use crate::services::Services;
-use crate::store::SampleRow;
 use crate::supervisor::TaskContext;
-use crate::views::{Event, GradedSample};
+use crate::views::Event;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
@@ -435,52 +435,33 @@ async fn inspect(
         // A foie gras weighs about 8 % of its duck's live weight.
         let liver_weight_g = lot.poids_moyen_final * 0.08 * rng.gen_range(0.85..1.15);
         let measurement = simulate(&mut rng, quality, liver_weight_g);
-        let analysis = analyze(&measurement);
-
-        let row = SampleRow {
-            code_lot: &lot.code_lot,
+        let payload = SamplePayload {
+            device_id: params.device_id.clone(),
+            code_lot: lot.code_lot.clone(),
             sample_index,
-            device_id: &params.device_id,
-            measurement: &measurement,
-            analysis: &analysis,
+            tof_distances: measurement.tof_distances,
+            as7341_counts: measurement.as7341_counts,
+            as7341_gain: measurement.as7341_gain,
+            as7341_integration_ms: measurement.as7341_integration_ms,
         };
-        let outcome = services
-            .store
-            .record_sample(&row, &services.public_url)
-            .await?;
-        let Some(sample_id) = outcome.sample_id else {
+        let receipt = match services.ingest_sample(&payload).await {
+            Ok(receipt) => receipt,
             // Measured by an earlier attempt at this lot: already counted.
-            continue;
+            Err(IngestError::Duplicate { .. }) => continue,
+            Err(IngestError::Invalid(invalid)) => {
+                anyhow::bail!("the twin produced a rejected sample: {invalid}")
+            }
+            Err(IngestError::Internal(error)) => return Err(error),
         };
         ctx.count(|counters| counters.samples += 1);
-        if analysis.grade.is_some() {
+        if receipt.grade.is_some() {
             valid += 1;
         }
-        if analysis.grade.is_some_and(Grade::is_compliant) {
+        if receipt.grade.is_some_and(Grade::is_compliant) {
             compliant += 1;
         }
-        services.bus.publish(Event::SampleGraded {
-            run_id: lot.run_id.clone(),
-            sample: GradedSample {
-                sample_id,
-                code_lot: lot.code_lot.clone(),
-                sample_index: sample_index as i64,
-                grade: analysis.grade,
-                final_score: analysis.final_score,
-                tof_score: analysis.tof_score,
-                as7341_score: analysis.as7341_score,
-                invalid_reason: analysis.invalid_reason.clone(),
-                tof_distances: measurement.tof_distances.clone(),
-                as7341_counts: measurement.as7341_counts.clone(),
-            },
-        });
-        if let Some(product) = outcome.product {
+        if receipt.product.is_some() {
             ctx.count(|counters| counters.products += 1);
-            tracing::info!(product.id = %product.product_id, lot.code = %lot.code_lot, "product created");
-            services.bus.publish(Event::ProductCreated {
-                run_id: lot.run_id.clone(),
-                product,
-            });
         }
 
         tokio::select! {

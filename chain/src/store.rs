@@ -699,6 +699,19 @@ impl Store {
             .collect()
     }
 
+    /// The run and status (`en_gavage`, `pret_abattage`, …) of a lot.
+    pub async fn lot_run_and_status(
+        &self,
+        code_lot: &str,
+    ) -> anyhow::Result<Option<(String, String)>> {
+        let row = sqlx::query("SELECT run_id, status FROM lots WHERE code_lot = $1")
+            .bind(code_lot)
+            .fetch_optional(&self.read)
+            .await?;
+        row.map(|row| Ok((row.try_get("run_id")?, row.try_get("status")?)))
+            .transpose()
+    }
+
     /// The most recent gavage run, if any.
     pub async fn latest_run_id(&self) -> anyhow::Result<Option<String>> {
         let row = sqlx::query("SELECT run_id FROM gavage_runs ORDER BY started_at DESC LIMIT 1")

@@ -7,6 +7,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use chain::ingest::{IngestError, SamplePayload};
 use chain::params::{GavageParams, InvalidParam, MonitorParams, PipelineParams, SqalParams};
 use chain::supervisor::StartOutcome;
 use chain::views::TaskName;
@@ -14,13 +15,14 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::json;
 
-/// An error answer: a status and a JSON body with a stable `error` code and
+/// An error response: a status and a JSON body with a stable `error` code and
 /// a message. Internal errors are logged and their detail is not sent.
 #[derive(Debug)]
 pub enum ApiError {
     InvalidParam(InvalidParam),
     BadRequest(String),
     NotFound(String),
+    Conflict(String),
     Internal(anyhow::Error),
 }
 
@@ -52,6 +54,10 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest(message) => (
                 StatusCode::BAD_REQUEST,
                 json!({ "error": "bad_request", "message": message }),
+            ),
+            ApiError::Conflict(message) => (
+                StatusCode::CONFLICT,
+                json!({ "error": "conflict", "message": message }),
             ),
             ApiError::NotFound(message) => (
                 StatusCode::NOT_FOUND,
@@ -180,6 +186,24 @@ pub async fn products(
     }
     let products = state.services.store.products(code_lot, 100).await?;
     Ok(Json(products).into_response())
+}
+
+/// `POST /api/sqal/samples`: one measurement from a SQAL station, graded
+/// and stored; the response carries the grade and the product, if any.
+pub async fn ingest_sample(
+    State(state): State<AppState>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let payload: SamplePayload = serde_json::from_slice(&body)
+        .map_err(|error| ApiError::BadRequest(format!("invalid sample JSON: {error}")))?;
+    match state.services.ingest_sample(&payload).await {
+        Ok(receipt) => Ok((StatusCode::CREATED, Json(receipt)).into_response()),
+        Err(IngestError::Invalid(invalid)) => Err(invalid.into()),
+        Err(duplicate @ IngestError::Duplicate { .. }) => {
+            Err(ApiError::Conflict(duplicate.to_string()))
+        }
+        Err(IngestError::Internal(error)) => Err(error.into()),
+    }
 }
 
 /// `GET /qr/<token>.svg`: the QR code of a product's trace URL.

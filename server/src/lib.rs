@@ -73,6 +73,7 @@ fn router(state: AppState) -> Router {
         .route("/api/control/{task}/stop", post(api::stop_task))
         .route("/api/consumer/latest-product", get(api::latest_product))
         .route("/api/consumer/products", get(api::products))
+        .route("/api/sqal/samples", post(api::ingest_sample))
         .route("/qr/{file}", get(api::qr_svg))
         .leptos_routes_with_context(
             &state,

@@ -494,3 +494,100 @@ async fn reconnect_with_last_event_id_replays_missed_events() {
     let fresh = read_events(stranger, Duration::from_secs(5), |_| true).await;
     assert_eq!(event_type(&fresh[0].1), "snapshot");
 }
+
+/// Runs one lot to the end of its gavage (no inspection) and returns its code.
+async fn finished_lot(app: &TestApp) -> String {
+    let stream = app
+        .client
+        .get(format!("{}/api/events", app.base))
+        .send()
+        .await
+        .unwrap();
+    let (status, _) = app
+        .post(
+            "/api/control/gavage/start",
+            json!({ "nb_lots": 1, "acceleration": 10000000 }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let events = read_events(stream, Duration::from_secs(20), |event| {
+        event_type(event) == "lot_finished"
+    })
+    .await;
+    let finished = events.last().map(|(_, envelope)| envelope).expect("events");
+    assert_eq!(
+        event_type(finished),
+        "lot_finished",
+        "no lot finished within 20 s"
+    );
+    finished["event"]["code_lot"].as_str().unwrap().to_string()
+}
+
+fn device_sample(code_lot: &str, sample_index: u32) -> Value {
+    // A smooth, fresh liver seen from 100 mm: a dome in the middle of the tray.
+    let mut distances = vec![100.0; 64];
+    for (zone, distance) in distances.iter_mut().enumerate() {
+        let (row, col) = ((zone / 8) as f64 - 3.5, (zone % 8) as f64 - 3.5);
+        let inside = 1.0 - (col / 2.6).powi(2) - (row / 2.2).powi(2);
+        if inside > 0.0 {
+            *distance = 100.0 - 60.0 * inside.sqrt();
+        }
+    }
+    json!({
+        "device_id": "ESP32_MT_02",
+        "code_lot": code_lot,
+        "sample_index": sample_index,
+        "tof_distances": distances,
+        "as7341_counts": [1600, 2400, 2000, 7600, 3600, 2400, 4600, 3000, 26000, 2400],
+        "as7341_gain": 4,
+        "as7341_integration_ms": 100,
+    })
+}
+
+#[tokio::test]
+async fn device_sample_is_graded_and_stored() {
+    let app = TestApp::start().await;
+    let code_lot = finished_lot(&app).await;
+    let (status, receipt) = app
+        .post("/api/sqal/samples", device_sample(&code_lot, 500))
+        .await;
+    assert_eq!(status, 201, "{receipt}");
+    assert_eq!(receipt["code_lot"], code_lot.as_str());
+    assert!(receipt["grade"].is_string(), "{receipt}");
+    assert!(receipt["sample_id"].as_i64().unwrap() > 0);
+
+    let (status, again) = app
+        .post("/api/sqal/samples", device_sample(&code_lot, 500))
+        .await;
+    assert_eq!(status, 409, "{again}");
+}
+
+#[tokio::test]
+async fn bad_device_samples_are_rejected_and_write_nothing() {
+    let app = TestApp::start().await;
+    let code_lot = finished_lot(&app).await;
+    let mutations: [(&str, Value, &str); 6] = [
+        ("tof_distances", json!([1.0, 2.0]), "tof_distances"),
+        (
+            "as7341_counts",
+            json!([1, 2, 3, 4, 5, 6, 7, 8, 9, -10]),
+            "as7341_counts[9]",
+        ),
+        ("as7341_gain", json!(3), "as7341_gain"),
+        ("device_id", json!("ESP32_ZZ_01"), "device_id"),
+        ("code_lot", json!("LL0001999"), "code_lot"),
+        ("sample_index", json!(5000), "sample_index"),
+    ];
+    for (key, value, field) in mutations {
+        let mut sample = device_sample(&code_lot, 7);
+        sample[key] = value;
+        let (status, answer) = app.post("/api/sqal/samples", sample).await;
+        assert_eq!(status, 422, "{key}: {answer}");
+        assert_eq!(answer["field"], field, "{key}: {answer}");
+    }
+    // Nothing was stored for index 7: a valid sample with it is accepted.
+    let (status, answer) = app
+        .post("/api/sqal/samples", device_sample(&code_lot, 7))
+        .await;
+    assert_eq!(status, 201, "{answer}");
+}

@@ -1,0 +1,291 @@
+//! Device ingest: one SQAL measurement as a real ESP32 station sends it. The
+//! digital twin goes through the same function, so a real device can replace
+//! it without code changes.
+
+use crate::grade::Grade;
+use crate::params::{validate_device_id, InvalidParam};
+use crate::services::Services;
+use crate::sqal::{analyze, Measurement, CHANNELS, ZONES};
+use crate::store::SampleRow;
+use crate::views::{Event, GradedSample, ProductView};
+use serde::{Deserialize, Serialize};
+
+/// Largest distance the VL53L8CH reports, in mm.
+pub const MAX_DISTANCE_MM: f64 = 4000.0;
+pub const MAX_COUNT: f64 = 65_535.0;
+pub const SAMPLE_INDEX_RANGE: (u32, u32) = (0, 999);
+/// AS7341 gains the sensor supports.
+pub const GAINS: [f64; 11] = [
+    0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0,
+];
+pub const INTEGRATION_MS_RANGE: (f64, f64) = (1.0, 1000.0);
+
+/// One measurement of one liver, as `POST /api/sqal/samples` receives it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SamplePayload {
+    pub device_id: String,
+    pub code_lot: String,
+    /// Position of the liver in the lot's inspection, from 0.
+    pub sample_index: u32,
+    /// 64 ToF distances in mm, row by row.
+    pub tof_distances: Vec<f64>,
+    /// F1..F8, Clear, NIR raw counts.
+    pub as7341_counts: Vec<f64>,
+    pub as7341_gain: f64,
+    pub as7341_integration_ms: f64,
+}
+
+/// What the server made of a sample.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SampleReceipt {
+    pub sample_id: i64,
+    pub code_lot: String,
+    pub sample_index: u32,
+    /// `None` when the measurement is invalid (sensor fault).
+    pub grade: Option<Grade>,
+    pub final_score: f64,
+    pub tof_score: f64,
+    pub as7341_score: f64,
+    pub invalid_reason: Option<String>,
+    /// The product made from a compliant sample.
+    pub product: Option<ProductView>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error(transparent)]
+    Invalid(#[from] InvalidParam),
+    /// A sample with this index is already stored for this lot.
+    #[error("sample {sample_index} of lot {code_lot} is already stored")]
+    Duplicate { code_lot: String, sample_index: u32 },
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+fn check_values(field: &str, values: &[f64], length: usize, max: f64) -> Result<(), InvalidParam> {
+    if values.len() != length {
+        return Err(InvalidParam::new(
+            field,
+            format!("{} values", values.len()),
+            format!("exactly {length} values"),
+        ));
+    }
+    if let Some((index, value)) = values
+        .iter()
+        .enumerate()
+        .find(|(_, value)| !value.is_finite() || **value < 0.0 || **value > max)
+    {
+        return Err(InvalidParam::new(
+            &format!("{field}[{index}]"),
+            value,
+            format!("0..={max}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks every field of a payload and returns its measurement. Nothing
+/// here reads the database; the lot is checked by `Services::ingest_sample`.
+pub fn validate(payload: &SamplePayload) -> Result<Measurement, InvalidParam> {
+    validate_device_id(&payload.device_id)?;
+    let code_lot = &payload.code_lot;
+    let well_formed = code_lot.len() == 9
+        && crate::params::SITES.contains(&&code_lot[..2])
+        && code_lot[2..].bytes().all(|b| b.is_ascii_digit());
+    if !well_formed {
+        let shown: String = code_lot.chars().take(40).collect();
+        return Err(InvalidParam::new(
+            "code_lot",
+            format!("{shown:?}"),
+            "<LL|LS|MT><YYMM><001..999>, such as LL2612001",
+        ));
+    }
+    let (min, max) = SAMPLE_INDEX_RANGE;
+    if payload.sample_index < min || payload.sample_index > max {
+        return Err(InvalidParam::new(
+            "sample_index",
+            payload.sample_index,
+            format!("{min}..={max}"),
+        ));
+    }
+    check_values(
+        "tof_distances",
+        &payload.tof_distances,
+        ZONES,
+        MAX_DISTANCE_MM,
+    )?;
+    check_values(
+        "as7341_counts",
+        &payload.as7341_counts,
+        CHANNELS.len(),
+        MAX_COUNT,
+    )?;
+    if !GAINS.contains(&payload.as7341_gain) {
+        return Err(InvalidParam::new(
+            "as7341_gain",
+            payload.as7341_gain,
+            "one of 0.5, 1, 2, 4, …, 512",
+        ));
+    }
+    let (min, max) = INTEGRATION_MS_RANGE;
+    let integration = payload.as7341_integration_ms;
+    if !integration.is_finite() || integration < min || integration > max {
+        return Err(InvalidParam::new(
+            "as7341_integration_ms",
+            integration,
+            format!("{min}..={max}"),
+        ));
+    }
+    Ok(Measurement {
+        tof_distances: payload.tof_distances.clone(),
+        as7341_counts: payload.as7341_counts.clone(),
+        as7341_gain: payload.as7341_gain,
+        as7341_integration_ms: payload.as7341_integration_ms,
+    })
+}
+
+impl Services {
+    /// Validates a sample, grades it from its measurements, stores it with
+    /// its product when compliant, and publishes the events. A rejected
+    /// payload writes nothing.
+    pub async fn ingest_sample(
+        &self,
+        payload: &SamplePayload,
+    ) -> Result<SampleReceipt, IngestError> {
+        let measurement = validate(payload)?;
+        let Some((run_id, status)) = self.store.lot_run_and_status(&payload.code_lot).await? else {
+            return Err(InvalidParam::new(
+                "code_lot",
+                &payload.code_lot,
+                "a known lot ready for slaughter",
+            )
+            .into());
+        };
+        if status != "pret_abattage" {
+            return Err(InvalidParam::new(
+                "code_lot",
+                format!("{} ({status})", payload.code_lot),
+                "a lot ready for slaughter (pret_abattage)",
+            )
+            .into());
+        }
+
+        let analysis = analyze(&measurement);
+        let row = SampleRow {
+            code_lot: &payload.code_lot,
+            sample_index: payload.sample_index,
+            device_id: &payload.device_id,
+            measurement: &measurement,
+            analysis: &analysis,
+        };
+        let outcome = self.store.record_sample(&row, &self.public_url).await?;
+        let Some(sample_id) = outcome.sample_id else {
+            return Err(IngestError::Duplicate {
+                code_lot: payload.code_lot.clone(),
+                sample_index: payload.sample_index,
+            });
+        };
+
+        self.bus.publish(Event::SampleGraded {
+            run_id: run_id.clone(),
+            sample: GradedSample {
+                sample_id,
+                code_lot: payload.code_lot.clone(),
+                sample_index: payload.sample_index as i64,
+                grade: analysis.grade,
+                final_score: analysis.final_score,
+                tof_score: analysis.tof_score,
+                as7341_score: analysis.as7341_score,
+                invalid_reason: analysis.invalid_reason.clone(),
+                tof_distances: measurement.tof_distances,
+                as7341_counts: measurement.as7341_counts,
+            },
+        });
+        if let Some(product) = &outcome.product {
+            tracing::info!(product.id = %product.product_id, lot.code = %payload.code_lot, "product created");
+            self.bus.publish(Event::ProductCreated {
+                run_id,
+                product: product.clone(),
+            });
+        }
+        Ok(SampleReceipt {
+            sample_id,
+            code_lot: payload.code_lot.clone(),
+            sample_index: payload.sample_index,
+            grade: analysis.grade,
+            final_score: analysis.final_score,
+            tof_score: analysis.tof_score,
+            as7341_score: analysis.as7341_score,
+            invalid_reason: analysis.invalid_reason,
+            product: outcome.product,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sqal::{draw_quality, simulate};
+    use rand::SeedableRng;
+
+    fn payload(seed: u64) -> SamplePayload {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let quality = draw_quality(&mut rng);
+        let measurement = simulate(&mut rng, quality, 560.0);
+        SamplePayload {
+            device_id: "ESP32_LL_01".to_string(),
+            code_lot: "LL2612001".to_string(),
+            sample_index: 3,
+            tof_distances: measurement.tof_distances,
+            as7341_counts: measurement.as7341_counts,
+            as7341_gain: measurement.as7341_gain,
+            as7341_integration_ms: measurement.as7341_integration_ms,
+        }
+    }
+
+    #[test]
+    fn every_simulated_sample_passes_validation() {
+        for seed in 0..2000 {
+            assert!(
+                validate(&payload(seed)).is_ok(),
+                "seed {seed}: {:?}",
+                validate(&payload(seed))
+            );
+        }
+    }
+
+    #[test]
+    fn mutated_payloads_are_rejected_with_their_field() {
+        type Mutation = fn(&mut SamplePayload);
+        let cases: [(Mutation, &str); 12] = [
+            (
+                |p| p.tof_distances.pop().map(|_| ()).unwrap_or(()),
+                "tof_distances",
+            ),
+            (|p| p.tof_distances.push(50.0), "tof_distances"),
+            (|p| p.tof_distances[5] = f64::NAN, "tof_distances[5]"),
+            (|p| p.tof_distances[0] = -1.0, "tof_distances[0]"),
+            (|p| p.tof_distances[63] = 4000.5, "tof_distances[63]"),
+            (|p| p.as7341_counts[2] = -3.0, "as7341_counts[2]"),
+            (|p| p.as7341_counts.truncate(8), "as7341_counts"),
+            (|p| p.as7341_counts[9] = 70_000.0, "as7341_counts[9]"),
+            (|p| p.as7341_gain = 3.0, "as7341_gain"),
+            (|p| p.as7341_integration_ms = 0.0, "as7341_integration_ms"),
+            (|p| p.code_lot = "<b>LL</b>".to_string(), "code_lot"),
+            (|p| p.sample_index = 1000, "sample_index"),
+        ];
+        for (mutate, field) in cases {
+            let mut bad = payload(1);
+            mutate(&mut bad);
+            assert_eq!(validate(&bad).unwrap_err().field, field);
+        }
+    }
+
+    #[test]
+    fn payload_json_with_unknown_field_is_rejected() {
+        let mut json = serde_json::to_value(payload(2)).unwrap();
+        json["grade"] = serde_json::json!("A+");
+        assert!(serde_json::from_value::<SamplePayload>(json).is_err());
+    }
+}
