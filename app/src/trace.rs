@@ -348,7 +348,7 @@ pub fn Spectrum(counts: Vec<f64>) -> impl IntoView {
     let max = counts.iter().cloned().fold(1.0, f64::max);
     let bars = counts
         .iter()
-        .zip(chain_channel_names())
+        .zip(chain::views::AS7341_CHANNELS)
         .enumerate()
         .map(|(index, (count, name))| {
             let height = 100.0 * count / max;
@@ -367,12 +367,6 @@ pub fn Spectrum(counts: Vec<f64>) -> impl IntoView {
             {bars}
         </svg>
     }
-}
-
-fn chain_channel_names() -> [&'static str; 10] {
-    [
-        "F1", "F2", "F3", "F4", "F5", "F6", "F7", "F8", "Clear", "NIR",
-    ]
 }
 
 /// Takes what a person typed or scanned, a token or a whole trace URL, and

@@ -27,10 +27,7 @@ pub const LIVER_DENSITY: f64 = 0.947;
 /// Zones below this height belong to the tray, not the liver.
 const LIVER_MIN_HEIGHT_MM: f64 = 5.0;
 
-/// AS7341 channels in payload order.
-pub const CHANNELS: [&str; 10] = [
-    "F1", "F2", "F3", "F4", "F5", "F6", "F7", "F8", "Clear", "NIR",
-];
+pub use crate::views::AS7341_CHANNELS as CHANNELS;
 /// Counts of a fresh liver at gain 1× and 100 ms integration.
 pub const FRESH_COUNTS: [f64; 10] = [
     400.0, 600.0, 500.0, 1900.0, 900.0, 600.0, 1150.0, 750.0, 6500.0, 600.0,

@@ -3,6 +3,11 @@
 use crate::grade::Grade;
 use serde::{Deserialize, Serialize};
 
+/// AS7341 channels in the order of every counts array: F1..F8, Clear, NIR.
+pub const AS7341_CHANNELS: [&str; 10] = [
+    "F1", "F2", "F3", "F4", "F5", "F6", "F7", "F8", "Clear", "NIR",
+];
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskName {
