@@ -10,10 +10,41 @@ use rand::SeedableRng;
 const DEFAULT_POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/test";
 
 /// A fresh database of each engine, with the directory that contains the
-/// SQLite file.
+/// SQLite file. Dropping it drops the PostgreSQL database too.
 struct Databases {
     _dir: tempfile::TempDir,
     urls: Vec<String>,
+    admin_url: String,
+    postgres_name: String,
+}
+
+impl Drop for Databases {
+    fn drop(&mut self) {
+        let admin_url = self.admin_url.clone();
+        let name = self.postgres_name.clone();
+        // Drop runs inside the test's runtime, which cannot block on async
+        // work, so the cleanup gets a thread and a runtime of its own.
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async {
+                let mut admin =
+                    <sqlx::AnyConnection as sqlx::Connection>::connect(&admin_url).await?;
+                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut admin)
+                    .await?;
+                Ok::<_, sqlx::Error>(())
+            })
+        });
+        if let Ok(Err(error)) = cleanup.join() {
+            eprintln!(
+                "could not drop test database {}: {error}",
+                self.postgres_name
+            );
+        }
+    }
 }
 
 async fn fresh_databases() -> Databases {
@@ -39,6 +70,8 @@ async fn fresh_databases() -> Databases {
     Databases {
         _dir: dir,
         urls: vec![sqlite, postgres],
+        admin_url,
+        postgres_name: name,
     }
 }
 
@@ -75,7 +108,8 @@ async fn new_lot(store: &Store, run_id: &str) -> String {
 
 #[tokio::test]
 async fn code_lot_sequence_survives_reconnect() {
-    for url in fresh_databases().await.urls {
+    let databases = fresh_databases().await;
+    for url in databases.urls.iter() {
         let store = Store::connect(&url).await.unwrap();
         store.insert_gavage_run("R1", 1, 1000.0, 7).await.unwrap();
         assert_eq!(new_lot(&store, "R1").await, "LL2612001", "{url}");
@@ -90,7 +124,8 @@ async fn code_lot_sequence_survives_reconnect() {
 
 #[tokio::test]
 async fn second_meal_for_same_slot_is_rejected() {
-    for url in fresh_databases().await.urls {
+    let databases = fresh_databases().await;
+    for url in databases.urls.iter() {
         let store = Store::connect(&url).await.unwrap();
         store.insert_gavage_run("R1", 1, 1000.0, 7).await.unwrap();
         let code = new_lot(&store, "R1").await;
@@ -108,7 +143,8 @@ async fn second_meal_for_same_slot_is_rejected() {
 
 #[tokio::test]
 async fn finished_lot_is_claimed_once() {
-    for url in fresh_databases().await.urls {
+    let databases = fresh_databases().await;
+    for url in databases.urls.iter() {
         let store = Store::connect(&url).await.unwrap();
         store.insert_gavage_run("R1", 1, 1000.0, 7).await.unwrap();
         let code = new_lot(&store, "R1").await;
@@ -142,7 +178,8 @@ async fn finished_lot_is_claimed_once() {
 
 #[tokio::test]
 async fn expired_lease_is_claimed_again() {
-    for url in fresh_databases().await.urls {
+    let databases = fresh_databases().await;
+    for url in databases.urls.iter() {
         let store = Store::connect(&url).await.unwrap();
         store.insert_gavage_run("R1", 1, 1000.0, 7).await.unwrap();
         let code = new_lot(&store, "R1").await;
@@ -168,7 +205,8 @@ async fn expired_lease_is_claimed_again() {
 
 #[tokio::test]
 async fn sample_stored_twice_yields_one_product() {
-    for url in fresh_databases().await.urls {
+    let databases = fresh_databases().await;
+    for url in databases.urls.iter() {
         let store = Store::connect(&url).await.unwrap();
         store.insert_gavage_run("R1", 1, 1000.0, 7).await.unwrap();
         let code = new_lot(&store, "R1").await;
