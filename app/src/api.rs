@@ -107,7 +107,7 @@ pub async fn start_pipeline(
     }))
 }
 
-/// The first product of gavage run `run_id`, if one exists yet.
+/// Returns the first product of gavage run `run_id`, if one exists yet.
 #[server(prefix = "/fn")]
 pub async fn run_product(run_id: String) -> Result<Option<ProductView>, ServerFnError> {
     services()?

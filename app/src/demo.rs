@@ -425,7 +425,7 @@ fn Live(snapshot: ChainSnapshot) -> impl IntoView {
     }
 }
 
-/// What an operator would otherwise check by hand, kept live.
+/// Shows, live, what an operator would otherwise check by hand.
 #[component]
 fn Checks(state: LiveState) -> impl IntoView {
     let lang = use_lang();
@@ -535,8 +535,8 @@ fn Checks(state: LiveState) -> impl IntoView {
     }
 }
 
-/// The latest sample's ToF heat map and spectrum, and the grade counts of
-/// the current run.
+/// Shows the latest sample's ToF heat map and spectrum, and the grade counts
+/// of the current run.
 #[component]
 fn SqalPanel(state: LiveState) -> impl IntoView {
     let lang = use_lang();

@@ -86,7 +86,7 @@ pub fn request_lang() -> Lang {
 }
 
 /// In the browser the language is the one the server rendered into
-/// `<html lang>`, so hydration sees the same text.
+/// `<html lang>`, so hydration renders the same text.
 #[cfg(not(feature = "ssr"))]
 pub fn request_lang() -> Lang {
     #[cfg(feature = "hydrate")]

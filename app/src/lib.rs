@@ -12,7 +12,7 @@ use leptos_meta::{provide_meta_context, MetaTags, Stylesheet, Title};
 use leptos_router::components::{Route, Router, Routes, A};
 use leptos_router::{path, SsrMode};
 
-/// The HTML document around the app, rendered on the server only.
+/// Renders the HTML document around the app, on the server only.
 pub fn shell(options: LeptosOptions) -> impl IntoView {
     let lang = i18n::request_lang();
     view! {
@@ -53,7 +53,7 @@ pub fn App() -> impl IntoView {
     }
 }
 
-/// The language of the page, provided by `App`.
+/// Returns the language of the page, provided by `App`.
 pub fn use_lang() -> Lang {
     use_context::<Lang>().unwrap_or(Lang::Fr)
 }

@@ -1,6 +1,7 @@
-//! In-process event bus: every state change of the chain is published once,
-//! fanned out to the SSE streams and to the tasks that wait for it, and kept
-//! in a bounded buffer so that a client that reconnects gets what it missed.
+//! In-process event bus. Every state change of the chain is published once
+//! and fanned out to the SSE streams and to the tasks that wait for it. A
+//! bounded buffer keeps recent events, so a client that reconnects gets what
+//! it missed.
 
 use crate::views::{Event, EventEnvelope};
 use std::collections::VecDeque;
@@ -26,7 +27,7 @@ pub struct EventBus {
     boot: String,
 }
 
-/// What a subscriber missed since the position it gave.
+/// Events a subscriber missed since the position it gave.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Resume {
     /// These events, oldest first; empty when nothing was missed.

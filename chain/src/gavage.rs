@@ -116,7 +116,7 @@ pub struct LotModel {
     rng: ChaCha8Rng,
 }
 
-/// What one meal changed, before it gets a lot code and a timestamp.
+/// Result of one meal, before it gets a lot code and a timestamp.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MealOutcome {
     pub jour: u32,
@@ -402,7 +402,7 @@ mod tests {
     }
 
     #[test]
-    fn gain_factor_goes_from_one_and_half_to_one() {
+    fn gain_factor_first_and_last_day() {
         assert_eq!(gain_factor(0, 13), 1.5);
         assert_eq!(gain_factor(13, 13), 1.0);
     }

@@ -40,7 +40,7 @@ impl Grade {
             .unwrap_or(Grade::Reject)
     }
 
-    /// A compliant liver may become a product; a rejected one may not.
+    /// Tells whether a liver may become a product: every grade but REJECT.
     pub fn is_compliant(self) -> bool {
         self != Grade::Reject
     }

@@ -36,7 +36,7 @@ pub struct SamplePayload {
     pub as7341_integration_ms: f64,
 }
 
-/// What the server made of a sample.
+/// Outcome of one ingested sample: its grade, scores and product.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SampleReceipt {
     pub sample_id: i64,

@@ -34,7 +34,7 @@ impl InvalidParam {
         }
     }
 
-    /// The same message in French, for the pages.
+    /// Formats the same message in French, for the pages.
     pub fn message_fr(&self) -> String {
         format!(
             "valeur invalide pour {} : {} (autorisé : {})",

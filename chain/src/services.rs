@@ -107,7 +107,7 @@ impl Services {
         }
         // A monitor or station already running with other parameters is
         // restarted, so that the click's parameters apply.
-        let wanted = [
+        let requested = [
             (
                 TaskName::Sqal,
                 serde_json::to_value(&params.sqal).expect("parameters serialize"),
@@ -117,7 +117,7 @@ impl Services {
                 serde_json::to_value(&params.monitor).expect("parameters serialize"),
             ),
         ];
-        for (task, json) in wanted {
+        for (task, json) in requested {
             let status = self.supervisor.status(task);
             if status.state.is_active() && status.params.as_ref() != Some(&json) {
                 self.stop(task).await;
@@ -202,7 +202,7 @@ impl Services {
     }
 }
 
-/// A short, sortable run identifier: `R` + UTC time + 4 random hex digits.
+/// Makes a short, sortable run identifier: `R` + UTC time + 4 random hex digits.
 fn new_run_id() -> String {
     format!(
         "R{}-{:04x}",

@@ -699,7 +699,7 @@ impl Store {
             .collect()
     }
 
-    /// The run and status (`en_gavage`, `pret_abattage`, …) of a lot.
+    /// Returns the run and status (`en_gavage`, `pret_abattage`, …) of a lot.
     pub async fn lot_run_and_status(
         &self,
         code_lot: &str,
@@ -712,7 +712,7 @@ impl Store {
             .transpose()
     }
 
-    /// The most recent gavage run, if any.
+    /// Returns the most recent gavage run, if any.
     pub async fn latest_run_id(&self) -> anyhow::Result<Option<String>> {
         let row = sqlx::query("SELECT run_id FROM gavage_runs ORDER BY started_at DESC LIMIT 1")
             .fetch_optional(&self.read)
@@ -748,7 +748,7 @@ impl Store {
         Ok((counts, last_id))
     }
 
-    /// The most recently stored sample.
+    /// Returns the most recently stored sample.
     pub async fn latest_sample(&self) -> anyhow::Result<Option<GradedSample>> {
         let row = sqlx::query(
             "SELECT id, code_lot, sample_index, grade, final_score, tof_score, as7341_score, invalid_reason, \

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 /// How long `stop` waits for a task to wind down before aborting it.
 const STOP_GRACE: Duration = Duration::from_secs(5);
-/// Least time between two events that only report new counter values.
+/// Minimum time between two events that only carry new counter values.
 const COUNTER_EVENT_SPACING: Duration = Duration::from_millis(200);
 
 #[derive(Debug, Clone, PartialEq)]
@@ -51,7 +51,7 @@ pub struct Supervisor {
     bus: EventBus,
 }
 
-/// What a running task gets: its cancellation token and a way to count work.
+/// Handle given to a running task: its cancellation token and its counters.
 #[derive(Clone)]
 pub struct TaskContext {
     pub cancel: CancellationToken,

@@ -11,7 +11,7 @@ pub fn now() -> String {
     format(Utc::now())
 }
 
-/// The time `seconds` from now, for leases.
+/// Returns the time `seconds` from now, for leases.
 pub fn in_seconds(seconds: f64) -> String {
     format(Utc::now() + Duration::milliseconds((seconds * 1000.0) as i64))
 }

@@ -83,7 +83,7 @@ test("demo page follows a run live and survives a server restart", async ({ page
   server = startServer();
   await waitHealthy();
   await expect(streamCheck).toContainText("flux en direct connecté", { timeout: 20_000 });
-  // The new process runs no task, and the page says so without a reload.
+  // The new process runs no task, and the page shows it without a reload.
   await expect(page.getByTestId("state-gavage")).toHaveText("arrêté");
   await expect(page.getByTestId("event-log")).toContainText("État complet resynchronisé");
   await expect(page.getByTestId("lot-row").first()).toBeVisible();

@@ -234,7 +234,7 @@ pub async fn qr_svg(
         .into_response())
 }
 
-/// `GET /health`: 200 when the database answers, 503 otherwise.
+/// `GET /health`: 200 when the database responds, 503 otherwise.
 pub async fn health(State(state): State<AppState>) -> Response {
     let database = tokio::time::timeout(
         std::time::Duration::from_secs(2),

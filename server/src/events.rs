@@ -4,7 +4,7 @@
 //! Each message id is a stream position, `<boot>-<event id>`. A client that
 //! reconnects sends its last position (the `Last-Event-ID` header, or
 //! `?after=` on a first connection) and gets the events it missed from the
-//! bus's replay buffer; when the position is unknown or too old, it gets a
+//! bus's replay buffer. When the position is unknown or too old, it gets a
 //! full snapshot first.
 
 use crate::AppState;
