@@ -3,7 +3,8 @@
 
 use crate::params::GavageParams;
 use crate::services::Services;
-use crate::store::{MealRow, NewLot};
+use crate::meals::{MealError, MealPayload};
+use crate::store::NewLot;
 use crate::supervisor::TaskContext;
 use crate::views::{Event, LotProgress};
 use rand::{Rng, SeedableRng};
@@ -297,10 +298,20 @@ pub async fn run(
         "the gaveurs table is empty; migrations did not seed it"
     );
     let mut lots = Vec::with_capacity(params.nb_lots as usize);
-    for _ in 0..params.nb_lots {
+    let created = Instant::now();
+    let created_at = chrono::Utc::now();
+    for index in 0..params.nb_lots {
         let gaveur = gaveurs[rng.gen_range(0..gaveurs.len())].clone();
         let model = LotModel::draw(rng.gen());
-        let started_at = chrono::Utc::now();
+        // Each lot keeps its own clock: after the first, lots start up to
+        // half a simulated day later, so their meals interleave.
+        let offset_s = if index == 0 {
+            0.0
+        } else {
+            rng.gen_range(0.0..MEAL_SPACING_S)
+        };
+        let started_at =
+            created_at + chrono::Duration::milliseconds((offset_s * 1000.0) as i64);
         let code_lot = services
             .store
             .create_lot(&NewLot {
@@ -318,7 +329,7 @@ pub async fn run(
             gaveur: gaveur.nom,
             site: gaveur.site,
             model,
-            started: Instant::now(),
+            started: created + Duration::from_secs_f64(offset_s / params.acceleration),
             started_at,
         };
         tracing::info!(lot.code = %lot.code_lot, run.id = %run_id, "lot created");
@@ -356,12 +367,25 @@ pub async fn run(
                     + chrono::Duration::milliseconds(
                         (index as f64 * MEAL_SPACING_S * 1000.0) as i64,
                     );
-                let row =
-                    MealRow::from_outcome(&lot.code_lot, &meal, crate::time::format(sim_time));
-                if meal.is_last {
-                    services.store.record_final_meal(&row).await?;
-                } else {
-                    services.store.record_meal(&row).await?;
+                let payload = MealPayload {
+                    code_lot: lot.code_lot.clone(),
+                    jour: meal.jour,
+                    moment: meal.moment.as_str().to_string(),
+                    dose_theorique: meal.dose_theorique,
+                    dose_reelle: meal.dose_reelle,
+                    poids_moyen: meal.poids_moyen,
+                    nb_canards_vivants: meal.nb_canards_vivants,
+                    taux_mortalite: meal.taux_mortalite,
+                    temperature: meal.temperature,
+                    humidite: meal.humidite,
+                    fed_at: Some(crate::time::format(sim_time)),
+                };
+                match services.ingest_meal(&payload).await {
+                    Ok(_) => {}
+                    Err(MealError::Internal(error)) => return Err(error),
+                    Err(refused) => {
+                        anyhow::bail!("the gavage simulator produced an invalid meal: {refused}")
+                    }
                 }
                 ctx.count(|counters| counters.meals += 1);
                 let status = if meal.is_last {
@@ -372,13 +396,6 @@ pub async fn run(
                 services.bus.publish(Event::MealRecorded {
                     lot: lot.progress(Some(&meal), status),
                 });
-                if meal.is_last {
-                    tracing::info!(lot.code = %lot.code_lot, "lot ready for slaughter, queued for inspection");
-                    services.bus.publish(Event::LotFinished {
-                        code_lot: lot.code_lot.clone(),
-                    });
-                    services.publish_queue().await?;
-                }
             }
         }
     }

@@ -4,7 +4,7 @@
 
 use chain::gavage::{MealOutcome, Moment};
 use chain::sqal::{analyze, simulate};
-use chain::store::{MealRow, NewLot, SampleRow, Store};
+use chain::store::{MealRow, MealStored, NewLot, SampleRow, Store};
 use rand::SeedableRng;
 
 const DEFAULT_POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/test";
@@ -75,7 +75,7 @@ async fn fresh_databases() -> Databases {
     }
 }
 
-fn meal(code_lot: &str, jour: u32, moment: Moment, is_last: bool) -> MealRow {
+fn meal(code_lot: &str, jour: u32, moment: Moment) -> MealRow {
     let outcome = MealOutcome {
         jour,
         moment,
@@ -86,9 +86,27 @@ fn meal(code_lot: &str, jour: u32, moment: Moment, is_last: bool) -> MealRow {
         taux_mortalite: 2.0,
         temperature: 21.0,
         humidite: 60.0,
-        is_last,
+        is_last: false,
     };
     MealRow::from_outcome(code_lot, &outcome, "2026-12-04T10:00:00.000Z".to_string())
+}
+
+/// Feeds all 26 meals of a 12-day lot, in order.
+async fn feed_whole_lot(store: &Store, code_lot: &str) {
+    for jour in 0..=12 {
+        for moment in [Moment::Matin, Moment::Soir] {
+            let stored = store.ingest_meal(&meal(code_lot, jour, moment)).await.unwrap();
+            let last = jour == 12 && moment == Moment::Soir;
+            assert!(
+                matches!(stored, MealStored::Stored { pret_abattage, .. } if pret_abattage == last),
+                "jour {jour} {moment:?}: {stored:?}"
+            );
+        }
+    }
+}
+
+async fn meal_count(store: &Store, code_lot: &str) -> usize {
+    store.meals_of(code_lot).await.unwrap().len()
 }
 
 async fn new_lot(store: &Store, run_id: &str) -> String {
@@ -129,14 +147,40 @@ async fn second_meal_for_same_slot_is_rejected() {
         let store = Store::connect(&url).await.unwrap();
         store.insert_gavage_run("R1", 1, 1000.0, 7).await.unwrap();
         let code = new_lot(&store, "R1").await;
-        store
-            .record_meal(&meal(&code, 0, Moment::Matin, false))
-            .await
-            .unwrap();
-        let duplicate = store
-            .record_meal(&meal(&code, 0, Moment::Matin, false))
-            .await;
-        assert!(duplicate.is_err(), "{url}: duplicate meal accepted");
+        let first = store.ingest_meal(&meal(&code, 0, Moment::Matin)).await.unwrap();
+        assert!(matches!(first, MealStored::Stored { pret_abattage: false, .. }), "{url}: {first:?}");
+        let again = store.ingest_meal(&meal(&code, 0, Moment::Matin)).await.unwrap();
+        assert_eq!(again, MealStored::Duplicate, "{url}");
+        assert_eq!(meal_count(&store, &code).await, 1, "{url}");
+        store.close().await;
+    }
+}
+
+#[tokio::test]
+async fn misfit_meals_write_nothing() {
+    let databases = fresh_databases().await;
+    for url in databases.urls.iter() {
+        let store = Store::connect(&url).await.unwrap();
+        store.insert_gavage_run("R1", 1, 1000.0, 7).await.unwrap();
+        let code = new_lot(&store, "R1").await;
+        let field_of = |stored: MealStored| match stored {
+            MealStored::Refused(invalid) => invalid.field,
+            other => panic!("{url}: expected a refusal, got {other:?}"),
+        };
+        // Soir before matin: out of order.
+        let skipped = store.ingest_meal(&meal(&code, 0, Moment::Soir)).await.unwrap();
+        assert_eq!(field_of(skipped), "jour");
+        // Day 13 of a 12-day lot.
+        let late = store.ingest_meal(&meal(&code, 13, Moment::Matin)).await.unwrap();
+        assert_eq!(field_of(late), "jour");
+        // More living ducks than the lot has.
+        let mut crowded = meal(&code, 0, Moment::Matin);
+        crowded.nb_canards_vivants = 51;
+        assert_eq!(field_of(store.ingest_meal(&crowded).await.unwrap()), "nb_canards_vivants");
+        // A lot that does not exist.
+        let unknown = store.ingest_meal(&meal("MT2612999", 0, Moment::Matin)).await.unwrap();
+        assert_eq!(field_of(unknown), "code_lot");
+        assert_eq!(meal_count(&store, &code).await, 0, "{url}");
         store.close().await;
     }
 }
@@ -154,11 +198,12 @@ async fn finished_lot_is_claimed_once() {
             "{url}: claimed an unfinished lot"
         );
 
-        store
-            .record_final_meal(&meal(&code, 12, Moment::Soir, true))
-            .await
-            .unwrap();
+        feed_whole_lot(&store, &code).await;
         assert_eq!(store.queue_counts().await.unwrap(), (1, 0), "{url}");
+        // The lot is finished: a further meal is refused and writes nothing.
+        let extra = store.ingest_meal(&meal(&code, 13, Moment::Matin)).await.unwrap();
+        assert!(matches!(extra, MealStored::Refused(_)), "{url}: {extra:?}");
+        assert_eq!(meal_count(&store, &code).await, 26, "{url}");
         let claimed = store
             .claim_next_lot(60.0)
             .await
@@ -183,10 +228,7 @@ async fn expired_lease_is_claimed_again() {
         let store = Store::connect(&url).await.unwrap();
         store.insert_gavage_run("R1", 1, 1000.0, 7).await.unwrap();
         let code = new_lot(&store, "R1").await;
-        store
-            .record_final_meal(&meal(&code, 12, Moment::Soir, true))
-            .await
-            .unwrap();
+        feed_whole_lot(&store, &code).await;
         // A lease already in the past stands for a crashed inspection.
         store
             .claim_next_lot(-1.0)

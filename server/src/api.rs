@@ -8,6 +8,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chain::ingest::{IngestError, SamplePayload};
+use chain::meals::{MealError, MealPayload};
 use chain::params::{GavageParams, InvalidParam, MonitorParams, PipelineParams, SqalParams};
 use chain::supervisor::StartOutcome;
 use chain::views::TaskName;
@@ -203,6 +204,24 @@ pub async fn ingest_sample(
             Err(ApiError::Conflict(duplicate.to_string()))
         }
         Err(IngestError::Internal(error)) => Err(error.into()),
+    }
+}
+
+/// `POST /api/gavage/meals`: one meal from a field tablet or the simulator,
+/// checked against its lot and stored.
+pub async fn ingest_meal(
+    State(state): State<AppState>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let payload: MealPayload = serde_json::from_slice(&body)
+        .map_err(|error| ApiError::BadRequest(format!("invalid meal JSON: {error}")))?;
+    match state.services.ingest_meal(&payload).await {
+        Ok(receipt) => Ok((StatusCode::CREATED, Json(receipt)).into_response()),
+        Err(MealError::Invalid(invalid)) => Err(invalid.into()),
+        Err(duplicate @ MealError::Duplicate { .. }) => {
+            Err(ApiError::Conflict(duplicate.to_string()))
+        }
+        Err(MealError::Internal(error)) => Err(error.into()),
     }
 }
 
