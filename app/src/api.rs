@@ -20,6 +20,15 @@ pub struct PipelineStarted {
     pub tasks: Vec<TaskStatus>,
 }
 
+/// Parses a quality profile name; the error lists the allowed names.
+#[cfg(feature = "ssr")]
+fn parse_profile(profile: &str) -> Result<chain::params::QualityProfile, InvalidParam> {
+    chain::params::QualityProfile::parse(profile).ok_or_else(|| {
+        let shown: String = profile.chars().take(40).collect();
+        InvalidParam::new("profile", format!("{shown:?}"), "standard, premium or low")
+    })
+}
+
 #[cfg(feature = "ssr")]
 fn services() -> Result<chain::services::Services, ServerFnError> {
     use_context::<chain::services::Services>()
@@ -65,11 +74,17 @@ pub async fn start_sqal(
     device_id: String,
     interval: f64,
     nb_samples: u32,
+    profile: String,
 ) -> Result<StartResult, ServerFnError> {
+    let profile = match parse_profile(&profile) {
+        Ok(profile) => profile,
+        Err(invalid) => return Ok(Err(invalid)),
+    };
     let params = SqalParams {
         device_id,
         interval,
         nb_samples,
+        profile,
         seed: None,
     };
     Ok(services()?
@@ -93,8 +108,13 @@ pub async fn start_pipeline(
     acceleration: f64,
     nb_samples: u32,
     interval: f64,
+    profile: String,
 ) -> Result<Result<PipelineStarted, InvalidParam>, ServerFnError> {
     let mut params = PipelineParams::default();
+    params.sqal.profile = match parse_profile(&profile) {
+        Ok(profile) => profile,
+        Err(invalid) => return Ok(Err(invalid)),
+    };
     params.gavage.nb_lots = nb_lots;
     params.gavage.acceleration = acceleration;
     params.sqal.nb_samples = nb_samples;

@@ -193,6 +193,7 @@ struct Fields {
     device_id: RwSignal<String>,
     interval: RwSignal<String>,
     nb_samples: RwSignal<String>,
+    profile: RwSignal<String>,
 }
 
 impl Fields {
@@ -207,6 +208,7 @@ impl Fields {
             device_id: RwSignal::new(sqal.device_id),
             interval: RwSignal::new(sqal.interval.to_string()),
             nb_samples: RwSignal::new(sqal.nb_samples.to_string()),
+            profile: RwSignal::new(sqal.profile.as_str().to_string()),
         }
     }
 }
@@ -620,7 +622,15 @@ fn PipelineControls(state: LiveState, fields: Fields) -> impl IntoView {
         )));
         spawn_local(async move {
             let started =
-                match api::start_pipeline(nb_lots, acceleration, nb_samples, interval).await {
+                match api::start_pipeline(
+                    nb_lots,
+                    acceleration,
+                    nb_samples,
+                    interval,
+                    fields.profile.get_untracked(),
+                )
+                .await
+                {
                     Ok(Ok(started)) => started,
                     Ok(Err(invalid)) => {
                         state
@@ -729,9 +739,14 @@ fn TaskCard(task: TaskName, state: LiveState, fields: Fields) -> impl IntoView {
                     let interval = parse_field(lang, "interval", &fields.interval.get_untracked())?;
                     let nb_samples =
                         parse_field(lang, "nb_samples", &fields.nb_samples.get_untracked())?;
-                    api::start_sqal(fields.device_id.get_untracked(), interval, nb_samples)
-                        .await
-                        .map_err(|e| e.to_string())
+                    api::start_sqal(
+                        fields.device_id.get_untracked(),
+                        interval,
+                        nb_samples,
+                        fields.profile.get_untracked(),
+                    )
+                    .await
+                    .map_err(|e| e.to_string())
                 }
             };
             match result? {
@@ -772,6 +787,18 @@ fn TaskCard(task: TaskName, state: LiveState, fields: Fields) -> impl IntoView {
             <label>"device_id"<input type="text" bind:value=fields.device_id/></label>
             <label>"interval (s)"<input type="number" min="0.01" max="60" step="0.01" bind:value=fields.interval/></label>
             <label>"nb_samples"<input type="number" min="1" max="200" bind:value=fields.nb_samples/></label>
+            <label>"profile"
+                <select
+                    name="profile"
+                    on:change=move |ev| fields.profile.set(event_target_value(&ev))
+                    prop:value=move || fields.profile.get()
+                >
+                    {chain::params::QualityProfile::ALL
+                        .into_iter()
+                        .map(|profile| view! { <option value=profile.as_str()>{profile.as_str()}</option> })
+                        .collect_view()}
+                </select>
+            </label>
         }
         .into_any(),
     };

@@ -1,6 +1,9 @@
 //! Pages of Filière: the end-to-end demo (`/e2e-demo`) and the consumer's
 //! traceability page (`/trace/<token>`), with their server functions.
 
+// The demo page's view type nests deeper than the compiler's default limit.
+#![recursion_limit = "256"]
+
 pub mod api;
 pub mod demo;
 pub mod i18n;

@@ -3,16 +3,20 @@
 //! it without code changes.
 
 use crate::grade::Grade;
-use crate::params::{validate_device_id, InvalidParam};
+use crate::params::{validate_code_lot, validate_device_id, InvalidParam};
 use crate::services::Services;
 use crate::sqal::{analyze, Measurement, CHANNELS, ZONES};
 use crate::store::SampleRow;
-use crate::views::{Event, GradedSample, ProductView};
+use crate::views::{Event, GradedSample, ProductView, SampleDetails};
 use serde::{Deserialize, Serialize};
 
 /// Largest distance the VL53L8CH reports, in mm.
 pub const MAX_DISTANCE_MM: f64 = 4000.0;
 pub const MAX_COUNT: f64 = 65_535.0;
+pub const MAX_REFLECTANCE: f64 = 100.0;
+/// Largest signal and ambient rate accepted, in kcps per SPAD.
+pub const MAX_RATE: f64 = 1_000_000.0;
+pub const MAX_STATUS: i64 = 255;
 pub const SAMPLE_INDEX_RANGE: (u32, u32) = (0, 999);
 /// AS7341 gains the sensor supports.
 pub const GAINS: [f64; 11] = [
@@ -30,10 +34,41 @@ pub struct SamplePayload {
     pub sample_index: u32,
     /// 64 ToF distances in mm, row by row.
     pub tof_distances: Vec<f64>,
+    /// 64 reflectances in %.
+    pub tof_reflectance: Vec<f64>,
+    /// 64 signal rates, kcps per SPAD.
+    pub tof_amplitude: Vec<f64>,
+    /// 64 ambient rates, kcps per SPAD.
+    pub tof_ambient: Vec<f64>,
+    /// 64 VL53L8CH target statuses, 0..=255.
+    pub tof_status: Vec<i64>,
     /// F1..F8, Clear, NIR raw counts.
     pub as7341_counts: Vec<f64>,
     pub as7341_gain: f64,
     pub as7341_integration_ms: f64,
+}
+
+impl SamplePayload {
+    pub fn new(
+        device_id: &str,
+        code_lot: &str,
+        sample_index: u32,
+        measurement: Measurement,
+    ) -> SamplePayload {
+        SamplePayload {
+            device_id: device_id.to_string(),
+            code_lot: code_lot.to_string(),
+            sample_index,
+            tof_distances: measurement.tof_distances,
+            tof_reflectance: measurement.tof_reflectance,
+            tof_amplitude: measurement.tof_amplitude,
+            tof_ambient: measurement.tof_ambient,
+            tof_status: measurement.tof_status,
+            as7341_counts: measurement.as7341_counts,
+            as7341_gain: measurement.as7341_gain,
+            as7341_integration_ms: measurement.as7341_integration_ms,
+        }
+    }
 }
 
 /// Outcome of one ingested sample: its grade, scores and product.
@@ -48,6 +83,7 @@ pub struct SampleReceipt {
     pub tof_score: f64,
     pub as7341_score: f64,
     pub invalid_reason: Option<String>,
+    pub details: SampleDetails,
     /// The product made from a compliant sample.
     pub product: Option<ProductView>,
 }
@@ -89,18 +125,7 @@ fn check_values(field: &str, values: &[f64], length: usize, max: f64) -> Result<
 /// here reads the database; the lot is checked by `Services::ingest_sample`.
 pub fn validate(payload: &SamplePayload) -> Result<Measurement, InvalidParam> {
     validate_device_id(&payload.device_id)?;
-    let code_lot = &payload.code_lot;
-    let well_formed = code_lot.len() == 9
-        && crate::params::SITES.contains(&&code_lot[..2])
-        && code_lot[2..].bytes().all(|b| b.is_ascii_digit());
-    if !well_formed {
-        let shown: String = code_lot.chars().take(40).collect();
-        return Err(InvalidParam::new(
-            "code_lot",
-            format!("{shown:?}"),
-            "<LL|LS|MT><YYMM><001..999>, such as LL2612001",
-        ));
-    }
+    validate_code_lot(&payload.code_lot)?;
     let (min, max) = SAMPLE_INDEX_RANGE;
     if payload.sample_index < min || payload.sample_index > max {
         return Err(InvalidParam::new(
@@ -115,6 +140,16 @@ pub fn validate(payload: &SamplePayload) -> Result<Measurement, InvalidParam> {
         ZONES,
         MAX_DISTANCE_MM,
     )?;
+    check_values(
+        "tof_reflectance",
+        &payload.tof_reflectance,
+        ZONES,
+        MAX_REFLECTANCE,
+    )?;
+    check_values("tof_amplitude", &payload.tof_amplitude, ZONES, MAX_RATE)?;
+    check_values("tof_ambient", &payload.tof_ambient, ZONES, MAX_RATE)?;
+    let statuses: Vec<f64> = payload.tof_status.iter().map(|s| *s as f64).collect();
+    check_values("tof_status", &statuses, ZONES, MAX_STATUS as f64)?;
     check_values(
         "as7341_counts",
         &payload.as7341_counts,
@@ -139,6 +174,10 @@ pub fn validate(payload: &SamplePayload) -> Result<Measurement, InvalidParam> {
     }
     Ok(Measurement {
         tof_distances: payload.tof_distances.clone(),
+        tof_reflectance: payload.tof_reflectance.clone(),
+        tof_amplitude: payload.tof_amplitude.clone(),
+        tof_ambient: payload.tof_ambient.clone(),
+        tof_status: payload.tof_status.clone(),
         as7341_counts: payload.as7341_counts.clone(),
         as7341_gain: payload.as7341_gain,
         as7341_integration_ms: payload.as7341_integration_ms,
@@ -200,6 +239,7 @@ impl Services {
                 invalid_reason: analysis.invalid_reason.clone(),
                 tof_distances: measurement.tof_distances,
                 as7341_counts: measurement.as7341_counts,
+                details: Some(analysis.details.clone()),
             },
         });
         if let Some(product) = &outcome.product {
@@ -218,6 +258,7 @@ impl Services {
             tof_score: analysis.tof_score,
             as7341_score: analysis.as7341_score,
             invalid_reason: analysis.invalid_reason,
+            details: analysis.details,
             product: outcome.product,
         })
     }
@@ -226,22 +267,15 @@ impl Services {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::params::QualityProfile;
     use crate::sqal::{draw_quality, simulate};
     use rand::SeedableRng;
 
     fn payload(seed: u64) -> SamplePayload {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        let quality = draw_quality(&mut rng);
+        let quality = draw_quality(&mut rng, QualityProfile::Standard);
         let measurement = simulate(&mut rng, quality, 560.0);
-        SamplePayload {
-            device_id: "ESP32_LL_01".to_string(),
-            code_lot: "LL2612001".to_string(),
-            sample_index: 3,
-            tof_distances: measurement.tof_distances,
-            as7341_counts: measurement.as7341_counts,
-            as7341_gain: measurement.as7341_gain,
-            as7341_integration_ms: measurement.as7341_integration_ms,
-        }
+        SamplePayload::new("ESP32_LL_01", "LL2612001", 3, measurement)
     }
 
     #[test]
@@ -258,7 +292,11 @@ mod tests {
     #[test]
     fn mutated_payloads_are_rejected_with_their_field() {
         type Mutation = fn(&mut SamplePayload);
-        let cases: [(Mutation, &str); 12] = [
+        let cases: [(Mutation, &str); 16] = [
+            (|p| p.tof_reflectance[7] = 101.0, "tof_reflectance[7]"),
+            (|p| p.tof_amplitude.truncate(63), "tof_amplitude"),
+            (|p| p.tof_ambient[1] = f64::INFINITY, "tof_ambient[1]"),
+            (|p| p.tof_status[0] = 256, "tof_status[0]"),
             (
                 |p| p.tof_distances.pop().map(|_| ()).unwrap_or(()),
                 "tof_distances",

@@ -126,6 +126,50 @@ impl Default for MonitorParams {
     }
 }
 
+/// Quality mix of the livers the SQAL twin measures.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QualityProfile {
+    /// About 15 % A+, 40 % A, 30 % B, 10 % C, 5 % REJECT.
+    #[default]
+    Standard,
+    /// About 30 % A+, 45 % A, 18 % B, 5 % C, 2 % REJECT.
+    Premium,
+    /// About 5 % A+, 25 % A, 35 % B, 20 % C, 15 % REJECT.
+    Low,
+}
+
+impl QualityProfile {
+    pub const ALL: [QualityProfile; 3] = [
+        QualityProfile::Standard,
+        QualityProfile::Premium,
+        QualityProfile::Low,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QualityProfile::Standard => "standard",
+            QualityProfile::Premium => "premium",
+            QualityProfile::Low => "low",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<QualityProfile> {
+        QualityProfile::ALL
+            .into_iter()
+            .find(|profile| profile.as_str() == text)
+    }
+
+    /// Grade mix in %, in the order A+, A, B, C, REJECT.
+    pub fn target_mix(self) -> [f64; 5] {
+        match self {
+            QualityProfile::Standard => [15.0, 40.0, 30.0, 10.0, 5.0],
+            QualityProfile::Premium => [30.0, 45.0, 18.0, 5.0, 2.0],
+            QualityProfile::Low => [5.0, 25.0, 35.0, 20.0, 15.0],
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SqalParams {
@@ -137,6 +181,9 @@ pub struct SqalParams {
     /// Livers measured per inspected lot.
     #[serde(default = "SqalParams::default_nb_samples")]
     pub nb_samples: u32,
+    /// Quality mix of the livers the twin measures.
+    #[serde(default)]
+    pub profile: QualityProfile,
     /// Seed of the twin's measurements; `None` draws a fresh one per run.
     #[serde(default)]
     pub seed: Option<u64>,
@@ -173,6 +220,7 @@ impl Default for SqalParams {
             device_id: Self::default_device_id(),
             interval: Self::default_interval(),
             nb_samples: Self::default_nb_samples(),
+            profile: QualityProfile::Standard,
             seed: None,
         }
     }
@@ -193,6 +241,23 @@ pub fn validate_device_id(device_id: &str) -> Result<(), InvalidParam> {
             "device_id",
             format!("{shown:?}"),
             allowed,
+        ));
+    }
+    Ok(())
+}
+
+/// Accepts a `code_lot`: site, year and month, then a three-digit sequence.
+pub fn validate_code_lot(code_lot: &str) -> Result<(), InvalidParam> {
+    let well_formed = code_lot.len() == 9
+        && code_lot.is_char_boundary(2)
+        && SITES.contains(&&code_lot[..2])
+        && code_lot[2..].bytes().all(|b| b.is_ascii_digit());
+    if !well_formed {
+        let shown: String = code_lot.chars().take(40).collect();
+        return Err(InvalidParam::new(
+            "code_lot",
+            format!("{shown:?}"),
+            "<LL|LS|MT><YYMM><001..999>, such as LL2612001",
         ));
     }
     Ok(())

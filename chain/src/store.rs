@@ -5,9 +5,10 @@
 use crate::gavage::MealOutcome;
 use crate::grade::Grade;
 use crate::monitor::ClaimedLot;
+use crate::params::InvalidParam;
 use crate::sqal::{Analysis, Measurement};
 use crate::views::{
-    GradeCounts, GradedSample, LotProgress, LotView, MealPoint, ProductView, SampleView, TraceView,
+    GradeCounts, GradedSample, LotProgress, LotView, MealPoint, ProductView, SampleDetails, SampleView, TraceView,
 };
 use anyhow::Context;
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -86,6 +87,16 @@ impl MealRow {
     }
 }
 
+/// Outcome of `Store::ingest_meal` for one meal.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MealStored {
+    Stored { meal_id: i64, pret_abattage: bool },
+    /// The lot already has this meal.
+    Duplicate,
+    /// The meal does not fit its lot; nothing was written.
+    Refused(InvalidParam),
+}
+
 pub struct SampleRow<'a> {
     pub code_lot: &'a str,
     pub sample_index: u32,
@@ -131,6 +142,13 @@ fn product_from_row(row: &AnyRow) -> anyhow::Result<ProductView> {
         qr_payload: row.try_get("qr_payload")?,
         created_at: row.try_get("created_at")?,
     })
+}
+
+/// Reads the `details` JSON column; `None` for samples stored before it.
+fn stored_details(row: &AnyRow) -> anyhow::Result<Option<SampleDetails>> {
+    let text: Option<String> = row.try_get("details")?;
+    text.map(|text| serde_json::from_str(&text).context("stored sample details"))
+        .transpose()
 }
 
 impl Store {
@@ -308,11 +326,11 @@ impl Store {
         Ok(code_lot)
     }
 
-    async fn insert_meal(executor: &mut sqlx::AnyConnection, meal: &MealRow) -> anyhow::Result<()> {
+    async fn insert_meal(executor: &mut sqlx::AnyConnection, meal: &MealRow) -> anyhow::Result<i64> {
         sqlx::query(
             "INSERT INTO meals (code_lot, jour, moment, dose_theorique, dose_reelle, poids_moyen, \
              nb_canards_vivants, taux_mortalite, temperature, humidite, sim_time, recorded_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
         )
         .bind(&meal.code_lot)
         .bind(meal.jour)
@@ -326,51 +344,110 @@ impl Store {
         .bind(meal.humidite)
         .bind(&meal.sim_time)
         .bind(crate::time::now())
-        .execute(executor)
+        .fetch_one(executor)
         .await
         .with_context(|| {
             format!(
                 "insert meal {} jour {} {}",
                 meal.code_lot, meal.jour, meal.moment
             )
-        })?;
-        Ok(())
+        })?
+        .try_get("id")
+        .map_err(Into::into)
     }
 
-    pub async fn record_meal(&self, meal: &MealRow) -> anyhow::Result<()> {
-        let mut connection = self.write.acquire().await?;
-        Self::insert_meal(&mut connection, meal).await
-    }
-
-    /// Records a lot's last meal, marks the lot `pret_abattage` and queues it
-    /// for inspection, in one transaction.
-    pub async fn record_final_meal(&self, meal: &MealRow) -> anyhow::Result<()> {
-        let now = crate::time::now();
+    /// Stores one meal after checking it against its lot, in one
+    /// transaction: the lot must be in gavage, the day within its planned
+    /// duration, the living count at most its ducks, and the meal the next
+    /// one due. The lot's last meal also marks it `pret_abattage` and queues
+    /// it for inspection. A refused meal writes nothing.
+    pub async fn ingest_meal(&self, meal: &MealRow) -> anyhow::Result<MealStored> {
+        let lock = match self.engine {
+            // Serialises meals of one lot across connections.
+            Engine::Postgres => " FOR UPDATE",
+            Engine::Sqlite => "",
+        };
         let mut tx = self.write.begin().await?;
-        Self::insert_meal(&mut tx, meal).await?;
-        sqlx::query(
-            "UPDATE lots SET status = 'pret_abattage', finished_at = $1 WHERE code_lot = $2",
-        )
-        .bind(&now)
+        let lot = sqlx::query(&format!(
+            "SELECT status, duree_jours, nb_canards, \
+             (SELECT COUNT(*) FROM meals m WHERE m.code_lot = l.code_lot) AS meals_done \
+             FROM lots l WHERE code_lot = $1{lock}"
+        ))
         .bind(&meal.code_lot)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO sqal_pending_lots (code_lot, gaveur_id, site, genetique, poids_moyen_final, \
-             nb_canards_final, taux_mortalite, slaughter_at, status, attempts, created_at, updated_at) \
-             SELECT code_lot, gaveur_id, site, genetique, $1, $2, $3, $4, 'pending', 0, $4, $4 \
-             FROM lots WHERE code_lot = $5",
-        )
-        .bind(meal.poids_moyen)
-        .bind(meal.nb_canards_vivants)
-        .bind(meal.taux_mortalite)
-        .bind(&now)
-        .bind(&meal.code_lot)
-        .execute(&mut *tx)
+        .fetch_optional(&mut *tx)
         .await
-        .with_context(|| format!("queue lot {} for inspection", meal.code_lot))?;
+        .with_context(|| format!("read lot {} for a meal", meal.code_lot))?;
+        let reject = |field: &str, value: String, allowed: String| {
+            Ok(MealStored::Refused(InvalidParam::new(field, value, allowed)))
+        };
+        let Some(lot) = lot else {
+            return reject("code_lot", meal.code_lot.clone(), "a known lot".into());
+        };
+        let status: String = lot.try_get("status")?;
+        let duree: i64 = lot.try_get("duree_jours")?;
+        let nb_canards: i64 = lot.try_get("nb_canards")?;
+        let meals_done: i64 = lot.try_get("meals_done")?;
+        let index = 2 * meal.jour + i64::from(meal.moment == "soir");
+        if index < meals_done {
+            return Ok(MealStored::Duplicate);
+        }
+        if status != "en_gavage" {
+            return reject(
+                "code_lot",
+                format!("{} ({status})", meal.code_lot),
+                "a lot in gavage (en_gavage)".into(),
+            );
+        }
+        if meal.jour > duree {
+            return reject("jour", meal.jour.to_string(), format!("0..={duree} for this lot"));
+        }
+        if meal.nb_canards_vivants > nb_canards {
+            return reject(
+                "nb_canards_vivants",
+                meal.nb_canards_vivants.to_string(),
+                format!("0..={nb_canards}, the lot's ducks"),
+            );
+        }
+        if index > meals_done {
+            let next = if meals_done % 2 == 0 { "matin" } else { "soir" };
+            return reject(
+                "jour",
+                format!("{} {}", meal.jour, meal.moment),
+                format!("the next meal of the lot: jour {} {next}", meals_done / 2),
+            );
+        }
+
+        let meal_id = Self::insert_meal(&mut tx, meal).await?;
+        let last = meal.jour == duree && meal.moment == "soir";
+        if last {
+            let now = crate::time::now();
+            sqlx::query(
+                "UPDATE lots SET status = 'pret_abattage', finished_at = $1 WHERE code_lot = $2",
+            )
+            .bind(&now)
+            .bind(&meal.code_lot)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO sqal_pending_lots (code_lot, gaveur_id, site, genetique, poids_moyen_final, \
+                 nb_canards_final, taux_mortalite, slaughter_at, status, attempts, created_at, updated_at) \
+                 SELECT code_lot, gaveur_id, site, genetique, $1, $2, $3, $4, 'pending', 0, $4, $4 \
+                 FROM lots WHERE code_lot = $5",
+            )
+            .bind(meal.poids_moyen)
+            .bind(meal.nb_canards_vivants)
+            .bind(meal.taux_mortalite)
+            .bind(&now)
+            .bind(&meal.code_lot)
+            .execute(&mut *tx)
+            .await
+            .with_context(|| format!("queue lot {} for inspection", meal.code_lot))?;
+        }
         tx.commit().await?;
-        Ok(())
+        Ok(MealStored::Stored {
+            meal_id,
+            pret_abattage: last,
+        })
     }
 
     /// Claims the oldest lot that is pending, or whose inspection lease has
@@ -432,8 +509,10 @@ impl Store {
         let inserted = sqlx::query(
             "INSERT INTO sqal_samples (code_lot, sample_index, device_id, measured_at, tof_distances, \
              as7341_counts, as7341_gain, as7341_integration_ms, volume_cm3, estimated_weight_g, \
-             surface_uniformity, freshness_index, tof_score, as7341_score, final_score, grade, invalid_reason) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
+             surface_uniformity, freshness_index, tof_score, as7341_score, final_score, grade, invalid_reason, \
+             tof_reflectance, tof_amplitude, tof_ambient, tof_status, details) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
+             $18, $19, $20, $21, $22) \
              ON CONFLICT (code_lot, sample_index) DO NOTHING RETURNING id",
         )
         .bind(sample.code_lot)
@@ -444,15 +523,20 @@ impl Store {
         .bind(serde_json::to_string(&measurement.as7341_counts)?)
         .bind(measurement.as7341_gain)
         .bind(measurement.as7341_integration_ms)
-        .bind(analysis.volume_cm3)
-        .bind(analysis.estimated_weight_g)
-        .bind(analysis.surface_uniformity)
-        .bind(analysis.freshness_index)
+        .bind(analysis.details.volume_cm3)
+        .bind(analysis.details.estimated_weight_g)
+        .bind(analysis.details.surface_uniformity)
+        .bind(analysis.details.freshness_index)
         .bind(analysis.tof_score)
         .bind(analysis.as7341_score)
         .bind(analysis.final_score)
         .bind(analysis.grade.map(|grade| grade.as_str()))
         .bind(analysis.invalid_reason.as_deref())
+        .bind(serde_json::to_string(&measurement.tof_reflectance)?)
+        .bind(serde_json::to_string(&measurement.tof_amplitude)?)
+        .bind(serde_json::to_string(&measurement.tof_ambient)?)
+        .bind(serde_json::to_string(&measurement.tof_status)?)
+        .bind(serde_json::to_string(&analysis.details)?)
         .fetch_optional(&mut *tx)
         .await
         .with_context(|| format!("insert sample {} of lot {}", sample.sample_index, sample.code_lot))?;
@@ -591,7 +675,7 @@ impl Store {
              q.poids_moyen_final, q.nb_canards_final, q.taux_mortalite, \
              (SELECT COUNT(*) FROM meals m WHERE m.code_lot = l.code_lot) AS meal_count, \
              x.device_id, x.measured_at, x.estimated_weight_g, x.volume_cm3, x.surface_uniformity, \
-             x.freshness_index, x.tof_distances, x.as7341_counts \
+             x.freshness_index, x.tof_distances, x.as7341_counts, x.details \
              FROM products p \
              JOIN lots l ON l.code_lot = p.code_lot \
              JOIN sites s ON s.code = l.site \
@@ -636,11 +720,23 @@ impl Store {
             freshness_index: row.try_get("freshness_index")?,
             tof_distances: serde_json::from_str(&distances).context("stored ToF distances")?,
             as7341_counts: serde_json::from_str(&counts).context("stored AS7341 counts")?,
+            details: stored_details(&row)?,
         };
-        let meals = sqlx::query(
+        let meals = self.meals_of(&product.code_lot).await?;
+        Ok(Some(TraceView {
+            product,
+            lot,
+            sample,
+            meals,
+        }))
+    }
+
+    /// Reads the recorded meals of a lot, in order.
+    pub async fn meals_of(&self, code_lot: &str) -> anyhow::Result<Vec<MealPoint>> {
+        sqlx::query(
             "SELECT jour, moment, dose_reelle, poids_moyen FROM meals WHERE code_lot = $1 ORDER BY jour, moment",
         )
-        .bind(&product.code_lot)
+        .bind(code_lot)
         .fetch_all(&self.read)
         .await?
         .iter()
@@ -652,13 +748,7 @@ impl Store {
                 poids_moyen: row.try_get("poids_moyen")?,
             })
         })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-        Ok(Some(TraceView {
-            product,
-            lot,
-            sample,
-            meals,
-        }))
+        .collect()
     }
 
     /// Lots of the most recent gavage run, with their progress.
@@ -752,7 +842,7 @@ impl Store {
     pub async fn latest_sample(&self) -> anyhow::Result<Option<GradedSample>> {
         let row = sqlx::query(
             "SELECT id, code_lot, sample_index, grade, final_score, tof_score, as7341_score, invalid_reason, \
-             tof_distances, as7341_counts FROM sqal_samples ORDER BY id DESC LIMIT 1",
+             tof_distances, as7341_counts, details FROM sqal_samples ORDER BY id DESC LIMIT 1",
         )
         .fetch_optional(&self.read)
         .await?;
@@ -771,6 +861,7 @@ impl Store {
             invalid_reason: row.try_get("invalid_reason")?,
             tof_distances: serde_json::from_str(&distances).context("stored ToF distances")?,
             as7341_counts: serde_json::from_str(&counts).context("stored AS7341 counts")?,
+            details: stored_details(&row)?,
         }))
     }
 

@@ -144,6 +144,107 @@ pub struct SampleView {
     pub tof_distances: Vec<f64>,
     /// AS7341 counts in the order F1..F8, Clear, NIR.
     pub as7341_counts: Vec<f64>,
+    /// Values derived by the analysis; `None` for samples stored before it existed.
+    pub details: Option<SampleDetails>,
+}
+
+/// Everything the analysis derives from one measurement besides its scores.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SampleDetails {
+    /// ToF zones whose target status is valid, out of 64.
+    pub valid_zones: u32,
+    /// Zones that see the liver rather than the tray.
+    pub liver_zones: u32,
+    pub height_mean_mm: f64,
+    pub height_max_mm: f64,
+    pub volume_cm3: f64,
+    pub estimated_weight_g: f64,
+    /// One standard deviation of the weight estimate, in g.
+    pub weight_uncertainty_g: f64,
+    pub surface_uniformity: f64,
+    /// RMS gap to the fitted smooth dome, in mm; `None` below eight liver zones.
+    pub roughness_mm: Option<f64>,
+    pub defects: Vec<Defect>,
+    pub ratios: Vec<RatioReading>,
+    /// Indices in 0..1; 1 is best except for oxidation, where 1 is worst.
+    pub freshness_index: f64,
+    pub fat_quality_index: f64,
+    pub oxidation_index: f64,
+    pub colour_index: f64,
+    /// Sensor anomalies such as a saturated or very weak channel.
+    pub anomalies: Vec<String>,
+    pub alerts: Vec<Alert>,
+}
+
+/// A surface defect found on the ToF frame.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Defect {
+    pub kind: DefectKind,
+    /// Zone row and column, 0..8.
+    pub row: u32,
+    pub col: u32,
+    /// 0..1, from the height gap to the fitted dome.
+    pub severity: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DefectKind {
+    /// A bump above the surface.
+    ForeignBody,
+    /// A dip inside the liver.
+    Deformation,
+    /// A missing piece on the liver's edge.
+    DamagedEdge,
+}
+
+impl DefectKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DefectKind::ForeignBody => "foreign_body",
+            DefectKind::Deformation => "deformation",
+            DefectKind::DamagedEdge => "damaged_edge",
+        }
+    }
+}
+
+/// Position of a spectral ratio against its reference bands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Band {
+    Optimal,
+    Acceptable,
+    Out,
+}
+
+/// One spectral ratio with its bands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RatioReading {
+    /// Such as `F1/F7` or `(F5+F6)/(F1+F2)`.
+    pub name: String,
+    pub value: f64,
+    pub optimal: (f64, f64),
+    pub acceptable: (f64, f64),
+    pub band: Band,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertLevel {
+    Warning,
+    Critical,
+}
+
+/// A quality alert raised by one sample (DOMAIN.md §5).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    pub level: AlertLevel,
+    /// Stable code such as `oxidation_high`.
+    pub code: String,
+    /// The measured value that raised it.
+    pub value: f64,
+    /// The limit it crossed.
+    pub limit: f64,
 }
 
 /// Everything the consumer page shows for one trace token.
@@ -202,6 +303,7 @@ pub struct GradedSample {
     pub tof_distances: Vec<f64>,
     /// AS7341 counts in the order F1..F8, Clear, NIR.
     pub as7341_counts: Vec<f64>,
+    pub details: Option<SampleDetails>,
 }
 
 /// Number of samples per outcome, in the order A+, A, B, C, REJECT, invalid.

@@ -533,11 +533,19 @@ fn device_sample(code_lot: &str, sample_index: u32) -> Value {
             *distance = 100.0 - 60.0 * inside.sqrt();
         }
     }
+    let reflectance: Vec<f64> = distances
+        .iter()
+        .map(|d| if *d < 95.0 { 42.0 } else { 6.0 })
+        .collect();
     json!({
         "device_id": "ESP32_MT_02",
         "code_lot": code_lot,
         "sample_index": sample_index,
         "tof_distances": distances,
+        "tof_reflectance": reflectance,
+        "tof_amplitude": vec![5000.0; 64],
+        "tof_ambient": vec![3.5; 64],
+        "tof_status": vec![5; 64],
         "as7341_counts": [1600, 2400, 2000, 7600, 3600, 2400, 4600, 3000, 26000, 2400],
         "as7341_gain": 4,
         "as7341_integration_ms": 100,
@@ -566,7 +574,9 @@ async fn device_sample_is_graded_and_stored() {
 async fn bad_device_samples_are_rejected_and_write_nothing() {
     let app = TestApp::start().await;
     let code_lot = finished_lot(&app).await;
-    let mutations: [(&str, Value, &str); 6] = [
+    let mutations: [(&str, Value, &str); 8] = [
+        ("tof_status", json!(vec![300; 64]), "tof_status[0]"),
+        ("tof_reflectance", json!(vec![5.0; 63]), "tof_reflectance"),
         ("tof_distances", json!([1.0, 2.0]), "tof_distances"),
         (
             "as7341_counts",
@@ -590,4 +600,95 @@ async fn bad_device_samples_are_rejected_and_write_nothing() {
         .post("/api/sqal/samples", device_sample(&code_lot, 7))
         .await;
     assert_eq!(status, 201, "{answer}");
+}
+
+/// Starts a real-time gavage run of one lot, waits for its first meal (jour
+/// 0 matin) and stops the simulator, leaving the lot in gavage. Returns
+/// the lot's code.
+async fn lot_in_gavage(app: &TestApp) -> String {
+    let stream = app
+        .client
+        .get(format!("{}/api/events", app.base))
+        .send()
+        .await
+        .unwrap();
+    let (status, _) = app
+        .post(
+            "/api/control/gavage/start",
+            json!({ "nb_lots": 1, "acceleration": 1 }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let events = read_events(stream, Duration::from_secs(20), |event| {
+        event_type(event) == "meal_recorded"
+    })
+    .await;
+    let meal = events.last().map(|(_, envelope)| envelope).expect("events");
+    assert_eq!(event_type(meal), "meal_recorded", "no meal within 20 s");
+    let (status, _) = app.post("/api/control/gavage/stop", json!({})).await;
+    assert_eq!(status, 200);
+    meal["event"]["lot"]["code_lot"].as_str().unwrap().to_string()
+}
+
+fn tablet_meal(code_lot: &str, jour: u32, moment: &str) -> Value {
+    json!({
+        "code_lot": code_lot,
+        "jour": jour,
+        "moment": moment,
+        "dose_theorique": 210.0,
+        "dose_reelle": 214.2,
+        "poids_moyen": 4620.5,
+        "nb_canards_vivants": 45,
+        "taux_mortalite": 0.0,
+        "temperature": 20.5,
+        "humidite": 61.0,
+        "fed_at": "2026-12-04T18:00:00Z",
+    })
+}
+
+#[tokio::test]
+async fn tablet_meals_are_checked_against_their_lot() {
+    let app = TestApp::start().await;
+    let code_lot = lot_in_gavage(&app).await;
+
+    // The simulator recorded jour 0 matin: a second one is a conflict.
+    let (status, answer) = app
+        .post("/api/gavage/meals", tablet_meal(&code_lot, 0, "matin"))
+        .await;
+    assert_eq!(status, 409, "{answer}");
+
+    // Skipping jour 0 soir is out of order, and names the meal expected.
+    let (status, answer) = app
+        .post("/api/gavage/meals", tablet_meal(&code_lot, 1, "matin"))
+        .await;
+    assert_eq!(status, 422, "{answer}");
+    assert_eq!(answer["field"], "jour", "{answer}");
+    assert!(
+        answer["allowed"].as_str().unwrap().contains("jour 0 soir"),
+        "{answer}"
+    );
+
+    // Out-of-range values are refused with their field.
+    for (key, value) in [
+        ("dose_reelle", json!(-12.0)),
+        ("taux_mortalite", json!(100.5)),
+        ("moment", json!("midi")),
+    ] {
+        let mut meal = tablet_meal(&code_lot, 0, "soir");
+        meal[key] = value;
+        let (status, answer) = app.post("/api/gavage/meals", meal).await;
+        assert_eq!(status, 422, "{key}: {answer}");
+        assert_eq!(answer["field"], key, "{answer}");
+    }
+
+    // None of the refused meals was written: jour 0 soir is still free.
+    let (status, receipt) = app
+        .post("/api/gavage/meals", tablet_meal(&code_lot, 0, "soir"))
+        .await;
+    assert_eq!(status, 201, "{receipt}");
+    assert_eq!(receipt["pret_abattage"], false);
+    let (status, answer) = app
+        .post("/api/gavage/meals", tablet_meal(&code_lot, 0, "soir"))
+        .await;
+    assert_eq!(status, 409, "{answer}");
 }
