@@ -1,9 +1,9 @@
 //! Gavage simulator: the per-duck model of a lot and the task that runs the
 //! lots of one run in accelerated time.
 
+use crate::meals::{MealError, MealPayload};
 use crate::params::GavageParams;
 use crate::services::Services;
-use crate::meals::{MealError, MealPayload};
 use crate::store::NewLot;
 use crate::supervisor::TaskContext;
 use crate::views::{Event, LotProgress};
@@ -310,8 +310,10 @@ pub async fn run(
         } else {
             rng.gen_range(0.0..MEAL_SPACING_S)
         };
-        let started_at =
-            created_at + chrono::Duration::milliseconds((offset_s * 1000.0) as i64);
+        // The lot's clock starts at this real time; its meals then follow
+        // 12 simulated hours apart.
+        let delay = Duration::from_secs_f64(offset_s / params.acceleration);
+        let started_at = created_at + chrono::Duration::from_std(delay)?;
         let code_lot = services
             .store
             .create_lot(&NewLot {
@@ -329,7 +331,7 @@ pub async fn run(
             gaveur: gaveur.nom,
             site: gaveur.site,
             model,
-            started: created + Duration::from_secs_f64(offset_s / params.acceleration),
+            started: created + delay,
             started_at,
         };
         tracing::info!(lot.code = %lot.code_lot, run.id = %run_id, "lot created");
