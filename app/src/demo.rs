@@ -7,8 +7,8 @@ use crate::trace::{HeatMap, Spectrum};
 use crate::{use_lang, LangSwitch};
 use chain::params::InvalidParam;
 use chain::views::{
-    ChainSnapshot, Event, EventEnvelope, GradeCounts, GradedSample, LotProgress, ProductView,
-    TaskName, TaskState, TaskStatus,
+    AlertLevel, ChainSnapshot, Event, EventEnvelope, GradeCounts, GradedSample, LotProgress,
+    ProductView, SampleDetails, TaskName, TaskState, TaskStatus,
 };
 use leptos::prelude::*;
 use leptos::task::spawn_local;
@@ -583,17 +583,50 @@ fn SqalPanel(state: LiveState) -> impl IntoView {
                 </p>
                 <div class="evidence" data-testid="latest-sample">
                     <figure>
-                        <HeatMap distances=sample.tof_distances.clone()/>
-                        <figcaption>{lang.tr("ToF 8×8 (hauteur en mm)", "8×8 ToF (height in mm)")}</figcaption>
+                        <HeatMap
+                            distances=sample.tof_distances.clone()
+                            marked=sample.details.as_ref().map(|details| details.defects.iter().map(|d| (d.row, d.col)).collect()).unwrap_or_default()
+                        />
+                        <figcaption>{lang.tr("ToF 8×8 (hauteur en mm ; défauts encadrés)", "8×8 ToF (height in mm; defects outlined)")}</figcaption>
                     </figure>
                     <figure>
                         <Spectrum counts=sample.as7341_counts.clone()/>
                         <figcaption>{lang.tr("Spectre AS7341", "AS7341 spectrum")}</figcaption>
                     </figure>
                 </div>
+                <SampleAlerts details=sample.details.clone()/>
             }.into_any(),
         }}
     }
+}
+
+/// Alerts raised by the latest sample, most severe first, or a line saying
+/// there are none.
+#[component]
+fn SampleAlerts(details: Option<SampleDetails>) -> impl IntoView {
+    let lang = use_lang();
+    let Some(details) = details else {
+        return ().into_any();
+    };
+    if details.alerts.is_empty() {
+        return view! { <p class="muted" data-testid="alerts">{lang.tr("Aucune alerte.", "No alert.")}</p> }
+            .into_any();
+    }
+    let mut alerts = details.alerts;
+    alerts.sort_by_key(|alert| alert.level != AlertLevel::Critical);
+    let items = alerts
+        .into_iter()
+        .map(|alert| {
+            let (class, level) = match alert.level {
+                AlertLevel::Critical => ("alert critical", lang.tr("critique", "critical")),
+                AlertLevel::Warning => ("alert warning", lang.tr("attention", "warning")),
+            };
+            view! {
+                <li class=class>{format!("{level} : {} = {:.2} ({} {:.2})", alert.code, alert.value, lang.tr("seuil", "limit"), alert.limit)}</li>
+            }
+        })
+        .collect_view();
+    view! { <ul class="alerts" data-testid="alerts">{items}</ul> }.into_any()
 }
 
 #[component]
@@ -621,28 +654,27 @@ fn PipelineControls(state: LiveState, fields: Fields) -> impl IntoView {
                 .to_string(),
         )));
         spawn_local(async move {
-            let started =
-                match api::start_pipeline(
-                    nb_lots,
-                    acceleration,
-                    nb_samples,
-                    interval,
-                    fields.profile.get_untracked(),
-                )
-                .await
-                {
-                    Ok(Ok(started)) => started,
-                    Ok(Err(invalid)) => {
-                        state
-                            .notice
-                            .set(Some(Notice::Error(invalid_message(lang, &invalid))));
-                        return;
-                    }
-                    Err(error) => {
-                        state.notice.set(Some(Notice::Error(error.to_string())));
-                        return;
-                    }
-                };
+            let started = match api::start_pipeline(
+                nb_lots,
+                acceleration,
+                nb_samples,
+                interval,
+                fields.profile.get_untracked(),
+            )
+            .await
+            {
+                Ok(Ok(started)) => started,
+                Ok(Err(invalid)) => {
+                    state
+                        .notice
+                        .set(Some(Notice::Error(invalid_message(lang, &invalid))));
+                    return;
+                }
+                Err(error) => {
+                    state.notice.set(Some(Notice::Error(error.to_string())));
+                    return;
+                }
+            };
             let run_id = started.run_id.clone();
             state.waiting_run.set(Some(run_id.clone()));
             for task in started.tasks {

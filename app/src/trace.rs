@@ -5,7 +5,7 @@ use crate::api::trace;
 use crate::i18n::{self, Lang};
 use crate::{use_lang, LangSwitch};
 use chain::grade::Grade;
-use chain::views::{MealPoint, SampleView, TraceView};
+use chain::views::{Band, DefectKind, MealPoint, SampleDetails, SampleView, TraceView};
 use leptos::prelude::*;
 use leptos_meta::Title;
 use leptos_router::hooks::{use_params_map, use_query_map};
@@ -289,33 +289,186 @@ fn FeedingCurve(meals: Vec<MealPoint>) -> impl IntoView {
     .into_any()
 }
 
+fn defect_name(lang: Lang, kind: DefectKind) -> &'static str {
+    match kind {
+        DefectKind::ForeignBody => lang.tr("corps étranger", "foreign body"),
+        DefectKind::Deformation => lang.tr("déformation", "deformation"),
+        DefectKind::DamagedEdge => lang.tr("bord abîmé", "damaged edge"),
+    }
+}
+
+fn band_name(lang: Lang, band: Band) -> &'static str {
+    match band {
+        Band::Optimal => lang.tr("optimal", "optimal"),
+        Band::Acceptable => lang.tr("acceptable", "acceptable"),
+        Band::Out => lang.tr("hors plage", "out of range"),
+    }
+}
+
 #[component]
 pub fn SampleEvidence(sample: SampleView) -> impl IntoView {
     let lang = use_lang();
-    let weight = sample
-        .estimated_weight_g
-        .map(|weight| format!("{weight:.0} g"));
+    let details = sample.details.clone();
+    let weight = match &details {
+        Some(details) => Some(format!(
+            "{:.0} ± {:.0} g",
+            details.estimated_weight_g, details.weight_uncertainty_g
+        )),
+        None => sample
+            .estimated_weight_g
+            .map(|weight| format!("{weight:.0} g")),
+    };
+    let heights = details.as_ref().map(|details| {
+        format!(
+            "{:.0} / {:.0} mm",
+            details.height_mean_mm, details.height_max_mm
+        )
+    });
+    let volume = sample.volume_cm3.map(|volume| format!("{volume:.0} cm³"));
+    let uniformity = sample
+        .surface_uniformity
+        .map(|uniformity| format!("{uniformity:.2}"));
+    let defect_zones: Vec<(u32, u32)> = details
+        .as_ref()
+        .map(|details| details.defects.iter().map(|d| (d.row, d.col)).collect())
+        .unwrap_or_default();
     view! {
         <dl class="facts">
             <dt>{lang.tr("Poste", "Station")}</dt><dd>{sample.device_id.clone()}</dd>
-            <dt>{lang.tr("Poids estimé du foie", "Estimated liver weight")}</dt><dd>{or_missing(lang, weight)}</dd>
+            <dt>{lang.tr("Poids estimé du foie", "Estimated liver weight")}</dt><dd data-testid="liver-weight">{or_missing(lang, weight)}</dd>
+            <dt>{lang.tr("Hauteur moyenne / max", "Mean / max height")}</dt><dd>{or_missing(lang, heights)}</dd>
+            <dt>{lang.tr("Volume", "Volume")}</dt><dd>{or_missing(lang, volume)}</dd>
+            <dt>{lang.tr("Régularité de surface", "Surface uniformity")}</dt><dd>{or_missing(lang, uniformity)}</dd>
         </dl>
         <div class="evidence">
             <figure>
-                <HeatMap distances=sample.tof_distances.clone()/>
-                <figcaption>{lang.tr("Relief mesuré (ToF 8×8, hauteur en mm)", "Measured relief (8×8 ToF, height in mm)")}</figcaption>
+                <HeatMap distances=sample.tof_distances.clone() marked=defect_zones/>
+                <figcaption>{lang.tr("Relief mesuré (ToF 8×8, hauteur en mm ; défauts encadrés)", "Measured relief (8×8 ToF, height in mm; defects outlined)")}</figcaption>
             </figure>
             <figure>
                 <Spectrum counts=sample.as7341_counts.clone()/>
                 <figcaption>{lang.tr("Spectre AS7341 (comptes bruts)", "AS7341 spectrum (raw counts)")}</figcaption>
             </figure>
         </div>
+        {match details {
+            None => view! {
+                <p class="muted">{lang.tr("Indices et défauts non enregistrés pour cette mesure.", "Indices and defects not recorded for this measurement.")}</p>
+            }.into_any(),
+            Some(details) => view! { <SampleIndices details/> }.into_any(),
+        }}
+    }
+}
+
+/// Freshness, fat, oxidation and colour indices as meters, the defects
+/// found on the surface, and the spectral ratios behind the indices.
+#[component]
+fn SampleIndices(details: SampleDetails) -> impl IntoView {
+    let lang = use_lang();
+    // (label, value, true when a higher value is better)
+    let indices = [
+        (
+            lang.tr("Fraîcheur", "Freshness"),
+            details.freshness_index,
+            true,
+        ),
+        (
+            lang.tr("Qualité du gras", "Fat quality"),
+            details.fat_quality_index,
+            true,
+        ),
+        (
+            lang.tr("Oxydation", "Oxidation"),
+            details.oxidation_index,
+            false,
+        ),
+        (
+            lang.tr("Homogénéité de couleur", "Colour uniformity"),
+            details.colour_index,
+            true,
+        ),
+    ];
+    let meters = indices
+        .into_iter()
+        .map(|(label, value, higher_is_better)| {
+            let (low, high, optimum) = if higher_is_better {
+                (0.5, 0.75, 1.0)
+            } else {
+                (0.3, 0.7, 0.0)
+            };
+            view! {
+                <div class="index-row">
+                    <span>{label}</span>
+                    <meter min="0" max="1" low=low high=high optimum=optimum value=value></meter>
+                    <span class="index-value">{format!("{value:.2}")}</span>
+                </div>
+            }
+        })
+        .collect_view();
+    let defects = if details.defects.is_empty() {
+        view! { <p data-testid="defects">{lang.tr("Aucun défaut de surface détecté.", "No surface defect found.")}</p> }.into_any()
+    } else {
+        let items = details
+            .defects
+            .iter()
+            .map(|defect| {
+                view! {
+                    <li>{format!(
+                        "{} — {} {}, {} {} ({} {:.0} %)",
+                        defect_name(lang, defect.kind),
+                        lang.tr("ligne", "row"),
+                        defect.row + 1,
+                        lang.tr("colonne", "column"),
+                        defect.col + 1,
+                        lang.tr("gravité", "severity"),
+                        defect.severity * 100.0
+                    )}</li>
+                }
+            })
+            .collect_view();
+        view! { <ul class="defects" data-testid="defects">{items}</ul> }.into_any()
+    };
+    let ratios = details
+        .ratios
+        .iter()
+        .map(|ratio| {
+            view! {
+                <tr>
+                    <td>{ratio.name.clone()}</td>
+                    <td>{format!("{:.3}", ratio.value)}</td>
+                    <td>{format!("{:.3}–{:.3}", ratio.optimal.0, ratio.optimal.1)}</td>
+                    <td>{band_name(lang, ratio.band)}</td>
+                </tr>
+            }
+        })
+        .collect_view();
+    view! {
+        <h3>{lang.tr("Indices spectraux", "Spectral indices")}</h3>
+        <div class="indices" data-testid="indices">{meters}</div>
+        <h3>{lang.tr("Défauts", "Defects")}</h3>
+        {defects}
+        <details class="ratios">
+            <summary>{lang.tr("Rapports spectraux", "Spectral ratios")}</summary>
+            <table>
+                <thead><tr>
+                    <th>{lang.tr("Rapport", "Ratio")}</th>
+                    <th>{lang.tr("Valeur", "Value")}</th>
+                    <th>{lang.tr("Plage optimale", "Optimal range")}</th>
+                    <th>{lang.tr("Position", "Position")}</th>
+                </tr></thead>
+                <tbody>{ratios}</tbody>
+            </table>
+        </details>
     }
 }
 
 /// 8×8 ToF frame as an SVG heat map: darker means a taller liver.
 #[component]
-pub fn HeatMap(distances: Vec<f64>) -> impl IntoView {
+pub fn HeatMap(
+    distances: Vec<f64>,
+    /// Zones to outline, as (row, column).
+    #[prop(optional)]
+    marked: Vec<(u32, u32)>,
+) -> impl IntoView {
     let cells = distances
         .iter()
         .enumerate()
@@ -331,9 +484,19 @@ pub fn HeatMap(distances: Vec<f64>) -> impl IntoView {
             }
         })
         .collect_view();
+    let outlines = marked
+        .into_iter()
+        .map(|(row, col)| {
+            view! {
+                <rect class="defect-zone" x=col * 30 + 1 y=row * 18 + 1 width="28" height="16"
+                    fill="none" stroke="#0b57d0" stroke-width="2"/>
+            }
+        })
+        .collect_view();
     view! {
         <svg class="heatmap" viewBox="0 0 240 144" role="img" aria-label="ToF 8×8">
             {cells}
+            {outlines}
         </svg>
     }
 }

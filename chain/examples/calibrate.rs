@@ -72,14 +72,20 @@ fn percent(values: &[f64; 5]) -> String {
 fn main() {
     let per_band: u64 = std::env::args()
         .nth(1)
-        .map(|text| text.parse().expect("samples per band must be a whole number"))
+        .map(|text| {
+            text.parse()
+                .expect("samples per band must be a whole number")
+        })
         .unwrap_or(20_000);
 
     // transfer[grade][band]: share of band `band`'s livers graded `grade`.
     let mut transfer = [[0.0; 5]; 5];
     for (band, (low, high)) in QUALITY_BANDS.iter().enumerate() {
         let column = mix(per_band, 1 + band as u64, |rng| rng.gen_range(*low..*high));
-        println!("band {low:.2}..{high:.2} gives A+ A B C REJECT % {}", percent(&column));
+        println!(
+            "band {low:.2}..{high:.2} gives A+ A B C REJECT % {}",
+            percent(&column)
+        );
         for (grade, share) in column.iter().enumerate() {
             transfer[grade][band] = *share;
         }
@@ -91,10 +97,16 @@ fn main() {
         let total: f64 = shares.iter().sum();
         let shares = shares.map(|share| (share / total * 1000.0).round() / 1000.0);
         let check = mix(per_band, 99, |rng| draw_quality_with(rng, &shares));
-        let current = mix(per_band, 98, |rng| draw_quality_with(rng, &band_shares(profile)));
+        let current = mix(per_band, 98, |rng| {
+            draw_quality_with(rng, &band_shares(profile))
+        });
         println!("\n{}:", profile.as_str());
         println!("  target             {}", percent(&target));
-        println!("  in use  {:?} gives {}", band_shares(profile), percent(&current));
+        println!(
+            "  in use  {:?} gives {}",
+            band_shares(profile),
+            percent(&current)
+        );
         println!("  solved  {shares:?} gives {}", percent(&check));
     }
 }

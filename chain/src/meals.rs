@@ -97,7 +97,11 @@ pub fn validate(payload: &MealPayload) -> Result<(), InvalidParam> {
     check_range("dose_theorique", payload.dose_theorique, DOSE_RANGE)?;
     check_range("dose_reelle", payload.dose_reelle, DOSE_RANGE)?;
     check_range("poids_moyen", payload.poids_moyen, WEIGHT_RANGE)?;
-    check_range("nb_canards_vivants", payload.nb_canards_vivants, LIVING_RANGE)?;
+    check_range(
+        "nb_canards_vivants",
+        payload.nb_canards_vivants,
+        LIVING_RANGE,
+    )?;
     check_range("taux_mortalite", payload.taux_mortalite, MORTALITY_RANGE)?;
     check_range("temperature", payload.temperature, TEMPERATURE_RANGE)?;
     check_range("humidite", payload.humidite, HUMIDITY_RANGE)?;
@@ -132,7 +136,11 @@ impl Services {
             ),
             None => crate::time::now(),
         };
-        let moment = if payload.moment == "matin" { "matin" } else { "soir" };
+        let moment = if payload.moment == "matin" {
+            "matin"
+        } else {
+            "soir"
+        };
         let row = MealRow {
             code_lot: payload.code_lot.clone(),
             jour: payload.jour as i64,
@@ -201,7 +209,13 @@ mod tests {
     #[test]
     fn a_plausible_meal_passes() {
         assert_eq!(validate(&meal()), Ok(()));
-        assert_eq!(validate(&MealPayload { fed_at: None, ..meal() }), Ok(()));
+        assert_eq!(
+            validate(&MealPayload {
+                fed_at: None,
+                ..meal()
+            }),
+            Ok(())
+        );
     }
 
     #[test]
@@ -210,15 +224,47 @@ mod tests {
         // (edit just inside the range, edit just outside, field named)
         let cases: [(Edit, Edit, &str); 10] = [
             (|m| m.jour = 30, |m| m.jour = 31, "jour"),
-            (|m| m.dose_reelle = 50.0, |m| m.dose_reelle = 49.9, "dose_reelle"),
-            (|m| m.dose_reelle = 1000.0, |m| m.dose_reelle = -5.0, "dose_reelle"),
-            (|m| m.dose_theorique = 1000.0, |m| m.dose_theorique = f64::NAN, "dose_theorique"),
-            (|m| m.poids_moyen = 12_000.0, |m| m.poids_moyen = 12_000.1, "poids_moyen"),
-            (|m| m.nb_canards_vivants = 1000, |m| m.nb_canards_vivants = 1001, "nb_canards_vivants"),
-            (|m| m.taux_mortalite = 100.0, |m| m.taux_mortalite = 100.1, "taux_mortalite"),
-            (|m| m.temperature = -20.0, |m| m.temperature = -20.1, "temperature"),
+            (
+                |m| m.dose_reelle = 50.0,
+                |m| m.dose_reelle = 49.9,
+                "dose_reelle",
+            ),
+            (
+                |m| m.dose_reelle = 1000.0,
+                |m| m.dose_reelle = -5.0,
+                "dose_reelle",
+            ),
+            (
+                |m| m.dose_theorique = 1000.0,
+                |m| m.dose_theorique = f64::NAN,
+                "dose_theorique",
+            ),
+            (
+                |m| m.poids_moyen = 12_000.0,
+                |m| m.poids_moyen = 12_000.1,
+                "poids_moyen",
+            ),
+            (
+                |m| m.nb_canards_vivants = 1000,
+                |m| m.nb_canards_vivants = 1001,
+                "nb_canards_vivants",
+            ),
+            (
+                |m| m.taux_mortalite = 100.0,
+                |m| m.taux_mortalite = 100.1,
+                "taux_mortalite",
+            ),
+            (
+                |m| m.temperature = -20.0,
+                |m| m.temperature = -20.1,
+                "temperature",
+            ),
             (|m| m.humidite = 0.0, |m| m.humidite = -0.1, "humidite"),
-            (|m| m.moment = "matin".into(), |m| m.moment = "midi".into(), "moment"),
+            (
+                |m| m.moment = "matin".into(),
+                |m| m.moment = "midi".into(),
+                "moment",
+            ),
         ];
         for (inside, outside, field) in cases {
             let mut good = meal();

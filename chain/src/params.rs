@@ -361,7 +361,14 @@ mod tests {
     fn code_lot_format() {
         assert!(validate_code_lot("LL2612001").is_ok());
         // "é" spans bytes 1 and 2: slicing at byte 2 would panic.
-        for bad in ["", "LL261200", "XX2612001", "LL26120O1", "Lé1234567", "ÉÉ2612001"] {
+        for bad in [
+            "",
+            "LL261200",
+            "XX2612001",
+            "LL26120O1",
+            "Lé1234567",
+            "ÉÉ2612001",
+        ] {
             assert_eq!(
                 validate_code_lot(bad).unwrap_err().field,
                 "code_lot",

@@ -8,7 +8,8 @@ use crate::monitor::ClaimedLot;
 use crate::params::InvalidParam;
 use crate::sqal::{Analysis, Measurement};
 use crate::views::{
-    GradeCounts, GradedSample, LotProgress, LotView, MealPoint, ProductView, SampleDetails, SampleView, TraceView,
+    GradeCounts, GradedSample, LotProgress, LotView, MealPoint, ProductView, SampleDetails,
+    SampleView, TraceView,
 };
 use anyhow::Context;
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -90,7 +91,10 @@ impl MealRow {
 /// Outcome of `Store::ingest_meal` for one meal.
 #[derive(Debug, Clone, PartialEq)]
 pub enum MealStored {
-    Stored { meal_id: i64, pret_abattage: bool },
+    Stored {
+        meal_id: i64,
+        pret_abattage: bool,
+    },
     /// The lot already has this meal.
     Duplicate,
     /// The meal does not fit its lot; nothing was written.
@@ -326,7 +330,10 @@ impl Store {
         Ok(code_lot)
     }
 
-    async fn insert_meal(executor: &mut sqlx::AnyConnection, meal: &MealRow) -> anyhow::Result<i64> {
+    async fn insert_meal(
+        executor: &mut sqlx::AnyConnection,
+        meal: &MealRow,
+    ) -> anyhow::Result<i64> {
         sqlx::query(
             "INSERT INTO meals (code_lot, jour, moment, dose_theorique, dose_reelle, poids_moyen, \
              nb_canards_vivants, taux_mortalite, temperature, humidite, sim_time, recorded_at) \
@@ -378,7 +385,9 @@ impl Store {
         .await
         .with_context(|| format!("read lot {} for a meal", meal.code_lot))?;
         let reject = |field: &str, value: String, allowed: String| {
-            Ok(MealStored::Refused(InvalidParam::new(field, value, allowed)))
+            Ok(MealStored::Refused(InvalidParam::new(
+                field, value, allowed,
+            )))
         };
         let Some(lot) = lot else {
             return reject("code_lot", meal.code_lot.clone(), "a known lot".into());
@@ -399,7 +408,11 @@ impl Store {
             );
         }
         if meal.jour > duree {
-            return reject("jour", meal.jour.to_string(), format!("0..={duree} for this lot"));
+            return reject(
+                "jour",
+                meal.jour.to_string(),
+                format!("0..={duree} for this lot"),
+            );
         }
         if meal.nb_canards_vivants > nb_canards {
             return reject(

@@ -12,7 +12,12 @@ use rand::SeedableRng;
 fn generated(seed: u64, profile: QualityProfile, weight: f64) -> SamplePayload {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let quality = draw_quality(&mut rng, profile);
-    SamplePayload::new("ESP32_MT_01", "MT2612001", 4, simulate(&mut rng, quality, weight))
+    SamplePayload::new(
+        "ESP32_MT_01",
+        "MT2612001",
+        4,
+        simulate(&mut rng, quality, weight),
+    )
 }
 
 fn profiles() -> impl Strategy<Value = QualityProfile> {

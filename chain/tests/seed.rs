@@ -73,7 +73,10 @@ async fn run_and_dump(params: PipelineParams) -> Vec<(String, Vec<String>)> {
     let url = format!("sqlite://{}", dir.path().join("seed.db").display());
     let store = Store::connect(&url).await.expect("store");
     let services = Services::new(store.clone(), "http://127.0.0.1:3000");
-    services.start_pipeline(params).await.expect("valid parameters");
+    services
+        .start_pipeline(params)
+        .await
+        .expect("valid parameters");
 
     let deadline = Instant::now() + Duration::from_secs(60);
     let pool = sqlx::AnyPool::connect(&url).await.expect("read pool");

@@ -95,7 +95,10 @@ fn meal(code_lot: &str, jour: u32, moment: Moment) -> MealRow {
 async fn feed_whole_lot(store: &Store, code_lot: &str) {
     for jour in 0..=12 {
         for moment in [Moment::Matin, Moment::Soir] {
-            let stored = store.ingest_meal(&meal(code_lot, jour, moment)).await.unwrap();
+            let stored = store
+                .ingest_meal(&meal(code_lot, jour, moment))
+                .await
+                .unwrap();
             let last = jour == 12 && moment == Moment::Soir;
             assert!(
                 matches!(stored, MealStored::Stored { pret_abattage, .. } if pret_abattage == last),
@@ -147,9 +150,24 @@ async fn second_meal_for_same_slot_is_rejected() {
         let store = Store::connect(&url).await.unwrap();
         store.insert_gavage_run("R1", 1, 1000.0, 7).await.unwrap();
         let code = new_lot(&store, "R1").await;
-        let first = store.ingest_meal(&meal(&code, 0, Moment::Matin)).await.unwrap();
-        assert!(matches!(first, MealStored::Stored { pret_abattage: false, .. }), "{url}: {first:?}");
-        let again = store.ingest_meal(&meal(&code, 0, Moment::Matin)).await.unwrap();
+        let first = store
+            .ingest_meal(&meal(&code, 0, Moment::Matin))
+            .await
+            .unwrap();
+        assert!(
+            matches!(
+                first,
+                MealStored::Stored {
+                    pret_abattage: false,
+                    ..
+                }
+            ),
+            "{url}: {first:?}"
+        );
+        let again = store
+            .ingest_meal(&meal(&code, 0, Moment::Matin))
+            .await
+            .unwrap();
         assert_eq!(again, MealStored::Duplicate, "{url}");
         assert_eq!(meal_count(&store, &code).await, 1, "{url}");
         store.close().await;
@@ -168,17 +186,29 @@ async fn misfit_meals_write_nothing() {
             other => panic!("{url}: expected a refusal, got {other:?}"),
         };
         // Soir before matin: out of order.
-        let skipped = store.ingest_meal(&meal(&code, 0, Moment::Soir)).await.unwrap();
+        let skipped = store
+            .ingest_meal(&meal(&code, 0, Moment::Soir))
+            .await
+            .unwrap();
         assert_eq!(field_of(skipped), "jour");
         // Day 13 of a 12-day lot.
-        let late = store.ingest_meal(&meal(&code, 13, Moment::Matin)).await.unwrap();
+        let late = store
+            .ingest_meal(&meal(&code, 13, Moment::Matin))
+            .await
+            .unwrap();
         assert_eq!(field_of(late), "jour");
         // More living ducks than the lot has.
         let mut crowded = meal(&code, 0, Moment::Matin);
         crowded.nb_canards_vivants = 51;
-        assert_eq!(field_of(store.ingest_meal(&crowded).await.unwrap()), "nb_canards_vivants");
+        assert_eq!(
+            field_of(store.ingest_meal(&crowded).await.unwrap()),
+            "nb_canards_vivants"
+        );
         // A lot that does not exist.
-        let unknown = store.ingest_meal(&meal("MT2612999", 0, Moment::Matin)).await.unwrap();
+        let unknown = store
+            .ingest_meal(&meal("MT2612999", 0, Moment::Matin))
+            .await
+            .unwrap();
         assert_eq!(field_of(unknown), "code_lot");
         assert_eq!(meal_count(&store, &code).await, 0, "{url}");
         store.close().await;
@@ -201,7 +231,10 @@ async fn finished_lot_is_claimed_once() {
         feed_whole_lot(&store, &code).await;
         assert_eq!(store.queue_counts().await.unwrap(), (1, 0), "{url}");
         // The lot is finished: a further meal is refused and writes nothing.
-        let extra = store.ingest_meal(&meal(&code, 13, Moment::Matin)).await.unwrap();
+        let extra = store
+            .ingest_meal(&meal(&code, 13, Moment::Matin))
+            .await
+            .unwrap();
         assert!(matches!(extra, MealStored::Refused(_)), "{url}: {extra:?}");
         assert_eq!(meal_count(&store, &code).await, 26, "{url}");
         let claimed = store

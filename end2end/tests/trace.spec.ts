@@ -24,6 +24,11 @@ test("trace page shows product, lot and grade", async ({ page, request }) => {
   await expect(page.getByRole("img", { name: "ToF 8×8" })).toBeVisible();
   await expect(page.getByRole("img", { name: "Courbe de gavage" })).toBeVisible();
   await expect(page.getByRole("heading", { name: "Historique" })).toBeVisible();
+  // The grade card carries the weight with its uncertainty, the four
+  // spectral indices and the defect list (possibly "none found").
+  await expect(page.getByTestId("liver-weight")).toContainText(/\d+ ± \d+ g/);
+  await expect(page.getByTestId("indices").locator("meter")).toHaveCount(4);
+  await expect(page.getByTestId("defects")).toBeVisible();
   const scrollWidth = await page.evaluate(() => document.documentElement.scrollWidth);
   const viewport = page.viewportSize()!.width;
   expect(scrollWidth, "no horizontal scroll").toBeLessThanOrEqual(viewport);

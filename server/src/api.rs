@@ -209,10 +209,7 @@ pub async fn ingest_sample(
 
 /// `POST /api/gavage/meals`: one meal from a field tablet or the simulator,
 /// checked against its lot and stored.
-pub async fn ingest_meal(
-    State(state): State<AppState>,
-    body: Bytes,
-) -> Result<Response, ApiError> {
+pub async fn ingest_meal(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     let payload: MealPayload = serde_json::from_slice(&body)
         .map_err(|error| ApiError::BadRequest(format!("invalid meal JSON: {error}")))?;
     match state.services.ingest_meal(&payload).await {

@@ -627,7 +627,10 @@ async fn lot_in_gavage(app: &TestApp) -> String {
     assert_eq!(event_type(meal), "meal_recorded", "no meal within 20 s");
     let (status, _) = app.post("/api/control/gavage/stop", json!({})).await;
     assert_eq!(status, 200);
-    meal["event"]["lot"]["code_lot"].as_str().unwrap().to_string()
+    meal["event"]["lot"]["code_lot"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 fn tablet_meal(code_lot: &str, jour: u32, moment: &str) -> Value {
