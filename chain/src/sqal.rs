@@ -768,10 +768,18 @@ pub async fn run(
                 None => break,
             },
         };
-        if inspect(&services, &params, station_seed, &lot, &ctx).await? {
-            inspected += 1;
-        } else {
-            break;
+        match inspect(&services, &params, station_seed, &lot, &ctx).await {
+            Ok(true) => inspected += 1,
+            Ok(false) => break,
+            Err(error) => {
+                let reason = format!("{error:#}");
+                tracing::error!(lot.code = %lot.code_lot, attempts = lot.attempts, error = %reason, "inspection failed");
+                services
+                    .store
+                    .fail_inspection(&lot.code_lot, &reason)
+                    .await?;
+                services.publish_queue().await?;
+            }
         }
     }
     Ok(format!("{inspected} lots inspectés"))

@@ -155,6 +155,9 @@ fn stored_details(row: &AnyRow) -> anyhow::Result<Option<SampleDetails>> {
         .transpose()
 }
 
+/// Attempts at inspecting one lot before it stays in `error`.
+pub const MAX_INSPECTION_ATTEMPTS: i64 = 3;
+
 impl Store {
     /// Connects to `database_url` (`sqlite://…` or `postgres://…`) and applies
     /// the migrations of that engine.
@@ -477,6 +480,7 @@ impl Store {
              lease_until = $1, updated_at = $2 \
              WHERE code_lot = (SELECT code_lot FROM sqal_pending_lots \
                 WHERE status = 'pending' OR (status = 'inspecting' AND lease_until < $2) \
+                   OR (status = 'error' AND attempts < $3) \
                 ORDER BY created_at, code_lot LIMIT 1{lock}) \
              RETURNING code_lot, poids_moyen_final, attempts"
         );
@@ -484,6 +488,7 @@ impl Store {
         let row = sqlx::query(&sql)
             .bind(crate::time::in_seconds(lease_seconds))
             .bind(&now)
+            .bind(MAX_INSPECTION_ATTEMPTS)
             .fetch_optional(&mut *tx)
             .await
             .context("claim a lot for inspection")?;
@@ -623,6 +628,44 @@ impl Store {
                 created_at: now,
             }),
         })
+    }
+
+    /// Marks a lot's inspection as failed with the reason. The monitor
+    /// claims it again until it has had `MAX_INSPECTION_ATTEMPTS` attempts;
+    /// after that it stays `error` for an operator to look at.
+    pub async fn fail_inspection(&self, code_lot: &str, reason: &str) -> anyhow::Result<()> {
+        sqlx::query(
+            "UPDATE sqal_pending_lots SET status = 'error', last_error = $1, lease_until = NULL, \
+             updated_at = $2 WHERE code_lot = $3",
+        )
+        .bind(reason)
+        .bind(crate::time::now())
+        .bind(code_lot)
+        .execute(&self.write)
+        .await
+        .with_context(|| format!("record the failed inspection of lot {code_lot}"))?;
+        Ok(())
+    }
+
+    /// Reads a lot's queue status, attempts and last error.
+    pub async fn queue_entry(
+        &self,
+        code_lot: &str,
+    ) -> anyhow::Result<Option<(String, i64, Option<String>)>> {
+        let row = sqlx::query(
+            "SELECT status, attempts, last_error FROM sqal_pending_lots WHERE code_lot = $1",
+        )
+        .bind(code_lot)
+        .fetch_optional(&self.read)
+        .await?;
+        row.map(|row| {
+            Ok((
+                row.try_get("status")?,
+                row.try_get("attempts")?,
+                row.try_get("last_error")?,
+            ))
+        })
+        .transpose()
     }
 
     pub async fn finish_inspection(&self, code_lot: &str, verdict: &str) -> anyhow::Result<()> {

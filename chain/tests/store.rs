@@ -4,7 +4,7 @@
 
 use chain::gavage::{MealOutcome, Moment};
 use chain::sqal::{analyze, simulate};
-use chain::store::{MealRow, MealStored, NewLot, SampleRow, Store};
+use chain::store::{MealRow, MealStored, NewLot, SampleRow, Store, MAX_INSPECTION_ATTEMPTS};
 use rand::SeedableRng;
 
 const DEFAULT_POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/test";
@@ -274,6 +274,43 @@ async fn expired_lease_is_claimed_again() {
             .unwrap()
             .expect("claim after lease expiry");
         assert_eq!(again.attempts, 2, "{url}");
+        store.close().await;
+    }
+}
+
+#[tokio::test]
+async fn failed_inspection_is_retried_then_kept() {
+    let databases = fresh_databases().await;
+    for url in databases.urls.iter() {
+        let store = Store::connect(&url).await.unwrap();
+        store.insert_gavage_run("R1", 1, 1000.0, 7).await.unwrap();
+        let code = new_lot(&store, "R1").await;
+        feed_whole_lot(&store, &code).await;
+        for attempt in 1..=MAX_INSPECTION_ATTEMPTS {
+            let claimed = store.claim_next_lot(60.0).await.unwrap();
+            assert_eq!(
+                claimed.map(|lot| lot.attempts),
+                Some(attempt),
+                "{url}: attempt {attempt}"
+            );
+            store
+                .fail_inspection(&code, "station lost its ToF sensor")
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            store.claim_next_lot(60.0).await.unwrap(),
+            None,
+            "{url}: claimed after the last attempt"
+        );
+        let (status, attempts, last_error) = store.queue_entry(&code).await.unwrap().unwrap();
+        assert_eq!(status, "error", "{url}");
+        assert_eq!(attempts, MAX_INSPECTION_ATTEMPTS, "{url}");
+        assert_eq!(
+            last_error.as_deref(),
+            Some("station lost its ToF sensor"),
+            "{url}"
+        );
         store.close().await;
     }
 }
