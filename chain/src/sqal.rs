@@ -881,7 +881,8 @@ mod tests {
         }
     }
 
-    /// Fresh counts with one channel scaled, to move the ratios that use it.
+    /// Returns fresh counts with one channel scaled, to move the ratios that
+    /// use it.
     fn with_channel(channel: usize, factor: f64) -> Vec<f64> {
         let mut counts = fresh_counts();
         counts[channel] *= factor;
@@ -890,28 +891,28 @@ mod tests {
 
     #[test]
     fn each_ratio_band_has_its_edges() {
-        // F1/F7 moves with F1 alone: ×1.05 optimal, ×1.2 acceptable, ×1.3 out.
-        for (factor, band) in [
-            (1.05, Band::Optimal),
-            (1.2, Band::Acceptable),
-            (1.3, Band::Out),
-            (0.85, Band::Acceptable),
-            (0.7, Band::Out),
-        ] {
-            let readings = ratio_readings(&with_channel(0, factor));
-            assert_eq!(readings[0].name, "F1/F7");
-            assert_eq!(readings[0].band, band, "F1 × {factor}");
+        // Numerator and denominator channels never overlap, so scaling the
+        // numerator channels by f scales the ratio by exactly f.
+        for (index, (name, numerator, _)) in RATIOS.iter().enumerate() {
+            for (factor, band) in [
+                (1.0, Band::Optimal),
+                (1.09, Band::Optimal),
+                (0.91, Band::Optimal),
+                (1.11, Band::Acceptable),
+                (0.76, Band::Acceptable),
+                (1.24, Band::Acceptable),
+                (1.26, Band::Out),
+                (0.74, Band::Out),
+            ] {
+                let mut counts = fresh_counts();
+                for channel in numerator.iter() {
+                    counts[*channel] *= factor;
+                }
+                let reading = &ratio_readings(&counts)[index];
+                assert_eq!(&reading.name, name);
+                assert_eq!(reading.band, band, "{name} × {factor}");
+            }
         }
-        // NIR/F1 moves with NIR; (F7+F8)/F4 with F4.
-        assert_eq!(
-            ratio_readings(&with_channel(9, 1.08))[1].band,
-            Band::Optimal
-        );
-        assert_eq!(
-            ratio_readings(&with_channel(9, 1.24))[1].band,
-            Band::Acceptable
-        );
-        assert_eq!(ratio_readings(&with_channel(3, 0.7))[3].band, Band::Out);
         // Every band is centred on the fresh ratio.
         for reading in ratio_readings(&fresh_counts()) {
             let (low, high) = reading.optimal;
