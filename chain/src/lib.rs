@@ -17,6 +17,8 @@ pub mod gavage;
 #[cfg(feature = "server")]
 pub mod ingest;
 #[cfg(feature = "server")]
+pub mod ledger;
+#[cfg(feature = "server")]
 pub mod meals;
 #[cfg(feature = "server")]
 pub mod monitor;

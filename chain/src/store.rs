@@ -4,12 +4,13 @@
 
 use crate::gavage::MealOutcome;
 use crate::grade::Grade;
+use crate::ledger;
 use crate::monitor::ClaimedLot;
 use crate::params::InvalidParam;
 use crate::sqal::{Analysis, Measurement};
 use crate::views::{
-    GradeCounts, GradedSample, LotProgress, LotView, MealPoint, ProductView, SampleDetails,
-    SampleView, TraceView,
+    GradeCounts, GradedSample, IntegrityProof, IntegrityStatus, LotProgress, LotView, MealPoint,
+    ProductView, ProofEvent, SampleDetails, SampleView, TraceView,
 };
 use anyhow::Context;
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -329,6 +330,16 @@ impl Store {
         .execute(&mut *tx)
         .await
         .with_context(|| format!("insert lot {code_lot}"))?;
+        let event = ledger::lot_created(
+            &code_lot,
+            lot.gaveur_id,
+            lot.site,
+            lot.genetique,
+            lot.nb_canards as i64,
+            lot.duree_jours as i64,
+            &lot.started_at,
+        );
+        ledger::append(&mut tx, &code_lot, ledger::LOT_CREATED, &event).await?;
         tx.commit().await?;
         Ok(code_lot)
     }
@@ -458,6 +469,13 @@ impl Store {
             .execute(&mut *tx)
             .await
             .with_context(|| format!("queue lot {} for inspection", meal.code_lot))?;
+            let event = ledger::gavage_finished(
+                meal.poids_moyen,
+                meal.nb_canards_vivants,
+                meal.taux_mortalite,
+                &now,
+            );
+            ledger::append(&mut tx, &meal.code_lot, ledger::GAVAGE_FINISHED, &event).await?;
         }
         tx.commit().await?;
         Ok(MealStored::Stored {
@@ -497,6 +515,9 @@ impl Store {
             return Ok(None);
         };
         let code_lot: String = row.try_get("code_lot")?;
+        let attempts: i64 = row.try_get("attempts")?;
+        let event = ledger::inspection_started(attempts, &now);
+        ledger::append(&mut tx, &code_lot, ledger::INSPECTION_STARTED, &event).await?;
         let run_id: String = sqlx::query("SELECT run_id FROM lots WHERE code_lot = $1")
             .bind(&code_lot)
             .fetch_one(&mut *tx)
@@ -507,7 +528,7 @@ impl Store {
             code_lot,
             run_id,
             poids_moyen_final: row.try_get("poids_moyen_final")?,
-            attempts: row.try_get("attempts")?,
+            attempts,
         }))
     }
 
@@ -523,6 +544,8 @@ impl Store {
         let analysis = sample.analysis;
         let measurement = sample.measurement;
         let now = crate::time::now();
+        let tof_distances = serde_json::to_string(&measurement.tof_distances)?;
+        let as7341_counts = serde_json::to_string(&measurement.as7341_counts)?;
         let mut tx = self.write.begin().await?;
         let inserted = sqlx::query(
             "INSERT INTO sqal_samples (code_lot, sample_index, device_id, measured_at, tof_distances, \
@@ -537,8 +560,8 @@ impl Store {
         .bind(sample.sample_index as i64)
         .bind(sample.device_id)
         .bind(&now)
-        .bind(serde_json::to_string(&measurement.tof_distances)?)
-        .bind(serde_json::to_string(&measurement.as7341_counts)?)
+        .bind(&tof_distances)
+        .bind(&as7341_counts)
         .bind(measurement.as7341_gain)
         .bind(measurement.as7341_integration_ms)
         .bind(analysis.details.volume_cm3)
@@ -567,6 +590,18 @@ impl Store {
             });
         };
         let sample_id: i64 = inserted.try_get("id")?;
+        let event = ledger::sample_graded(
+            sample.sample_index as i64,
+            sample.device_id,
+            &now,
+            &tof_distances,
+            &as7341_counts,
+            analysis.grade.map(|grade| grade.as_str()),
+            analysis.final_score,
+            analysis.tof_score,
+            analysis.as7341_score,
+        );
+        ledger::append(&mut tx, sample.code_lot, ledger::SAMPLE_GRADED, &event).await?;
         let Some(grade) = analysis.grade.filter(|grade| grade.is_compliant()) else {
             tx.commit().await?;
             return Ok(SampleOutcome {
@@ -612,6 +647,15 @@ impl Store {
             .bind(id)
             .execute(&mut *tx)
             .await?;
+        let event = ledger::product_created(
+            &product_id,
+            &token,
+            sample.sample_index as i64,
+            grade.as_str(),
+            analysis.final_score,
+            &now,
+        );
+        ledger::append(&mut tx, sample.code_lot, ledger::PRODUCT_CREATED, &event).await?;
         tx.commit().await?;
 
         Ok(SampleOutcome {
@@ -779,12 +823,191 @@ impl Store {
             details: stored_details(&row)?,
         };
         let meals = self.meals_of(&product.code_lot).await?;
+        let integrity = self
+            .verify(token)
+            .await?
+            .context("the product vanished between two reads")?;
         Ok(Some(TraceView {
             product,
             lot,
             sample,
             meals,
+            integrity,
         }))
+    }
+
+    /// Checks the history of the product with `token` against its lot's
+    /// hash chain: every hash and link up to the product's creation, and
+    /// the events of the lot, its end of gavage, the product's sample and
+    /// the product against the rows stored now. `None` for an unknown token.
+    pub async fn verify(&self, token: &str) -> anyhow::Result<Option<IntegrityProof>> {
+        let Some(row) = sqlx::query(
+            "SELECT p.product_id, p.token, p.code_lot, p.grade, p.final_score, p.created_at, \
+             s.sample_index, s.device_id, s.measured_at, s.tof_distances, s.as7341_counts, \
+             s.grade AS sample_grade, s.final_score AS sample_final, s.tof_score, s.as7341_score, \
+             l.gaveur_id, l.site, l.genetique, l.nb_canards, l.duree_jours, l.started_at, \
+             q.poids_moyen_final, q.nb_canards_final, q.taux_mortalite, q.slaughter_at \
+             FROM products p JOIN sqal_samples s ON s.id = p.sample_id \
+             JOIN lots l ON l.code_lot = p.code_lot \
+             LEFT JOIN sqal_pending_lots q ON q.code_lot = p.code_lot \
+             WHERE p.token = $1",
+        )
+        .bind(token)
+        .fetch_optional(&self.read)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let code_lot: String = row.try_get("code_lot")?;
+        let product_id: String = row.try_get("product_id")?;
+        let sample_index: i64 = row.try_get("sample_index")?;
+
+        // Payloads rebuilt from the rows as they are stored now.
+        let lot_event = ledger::lot_created(
+            &code_lot,
+            row.try_get("gaveur_id")?,
+            &row.try_get::<String, _>("site")?,
+            &row.try_get::<String, _>("genetique")?,
+            row.try_get("nb_canards")?,
+            row.try_get("duree_jours")?,
+            &row.try_get::<String, _>("started_at")?,
+        );
+        let finished_event = match row.try_get::<Option<String>, _>("slaughter_at")? {
+            Some(slaughter_at) => Some(ledger::gavage_finished(
+                row.try_get("poids_moyen_final")?,
+                row.try_get("nb_canards_final")?,
+                row.try_get("taux_mortalite")?,
+                &slaughter_at,
+            )),
+            None => None,
+        };
+        let sample_grade: Option<String> = row.try_get("sample_grade")?;
+        let sample_event = ledger::sample_graded(
+            sample_index,
+            &row.try_get::<String, _>("device_id")?,
+            &row.try_get::<String, _>("measured_at")?,
+            &row.try_get::<String, _>("tof_distances")?,
+            &row.try_get::<String, _>("as7341_counts")?,
+            sample_grade.as_deref(),
+            row.try_get("sample_final")?,
+            row.try_get("tof_score")?,
+            row.try_get("as7341_score")?,
+        );
+        let product_event = ledger::product_created(
+            &product_id,
+            &row.try_get::<String, _>("token")?,
+            sample_index,
+            &row.try_get::<String, _>("grade")?,
+            row.try_get("final_score")?,
+            &row.try_get::<String, _>("created_at")?,
+        );
+
+        let events = sqlx::query(
+            "SELECT seq, kind, payload, prev_hash, hash, recorded_at FROM trace_events \
+             WHERE code_lot = $1 ORDER BY seq",
+        )
+        .bind(&code_lot)
+        .fetch_all(&self.read)
+        .await?;
+        let mut proof = IntegrityProof {
+            status: IntegrityStatus::Verified,
+            code_lot: code_lot.clone(),
+            product_id: product_id.clone(),
+            problems: Vec::new(),
+            events: Vec::new(),
+        };
+        if events.is_empty() {
+            proof.status = IntegrityStatus::Missing;
+            return Ok(Some(proof));
+        }
+
+        let mut prev_hash = ledger::GENESIS_HASH.to_string();
+        let mut seen = std::collections::BTreeSet::new();
+        for (position, event) in events.iter().enumerate() {
+            let seq: i64 = event.try_get("seq")?;
+            let kind: String = event.try_get("kind")?;
+            let payload: String = event.try_get("payload")?;
+            let stored_prev: String = event.try_get("prev_hash")?;
+            let hash: String = event.try_get("hash")?;
+            if seq != position as i64 + 1 {
+                proof.problems.push(format!(
+                    "event {seq} is out of sequence (expected {})",
+                    position + 1
+                ));
+            }
+            if stored_prev != prev_hash {
+                proof.problems.push(format!(
+                    "event {seq} ({kind}) does not link to the event before it"
+                ));
+            }
+            if ledger::event_hash(&code_lot, seq, &kind, &stored_prev, &payload) != hash {
+                proof.problems.push(format!(
+                    "event {seq} ({kind}) was changed after it was recorded"
+                ));
+            }
+            prev_hash = hash.clone();
+
+            let parsed: serde_json::Value =
+                serde_json::from_str(&payload).unwrap_or(serde_json::Value::Null);
+            let expected = match kind.as_str() {
+                ledger::LOT_CREATED => Some(&lot_event),
+                ledger::GAVAGE_FINISHED => finished_event.as_ref(),
+                ledger::SAMPLE_GRADED if parsed["sample_index"] == sample_index => {
+                    Some(&sample_event)
+                }
+                ledger::PRODUCT_CREATED if parsed["sample_index"] == sample_index => {
+                    Some(&product_event)
+                }
+                ledger::INSPECTION_STARTED => None,
+                _ => {
+                    // Another sample or product of the lot: its hash proves
+                    // the link, its content is not this product's to show.
+                    proof.events.push(ProofEvent {
+                        seq,
+                        kind,
+                        recorded_at: event.try_get("recorded_at")?,
+                        prev_hash: stored_prev,
+                        hash,
+                        payload: None,
+                    });
+                    continue;
+                }
+            };
+            if let Some(expected) = expected {
+                seen.insert(kind.clone());
+                if expected.to_string() != payload {
+                    proof
+                        .problems
+                        .push(format!("the stored {kind} data differ from event {seq}"));
+                }
+            }
+            let is_product = kind == ledger::PRODUCT_CREATED;
+            proof.events.push(ProofEvent {
+                seq,
+                kind,
+                recorded_at: event.try_get("recorded_at")?,
+                prev_hash: stored_prev,
+                hash,
+                payload: Some(parsed),
+            });
+            if is_product {
+                break;
+            }
+        }
+        for kind in [
+            ledger::LOT_CREATED,
+            ledger::GAVAGE_FINISHED,
+            ledger::SAMPLE_GRADED,
+            ledger::PRODUCT_CREATED,
+        ] {
+            if !seen.contains(kind) {
+                proof.problems.push(format!("no {kind} event in the chain"));
+            }
+        }
+        if !proof.problems.is_empty() {
+            proof.status = IntegrityStatus::Failed;
+        }
+        Ok(Some(proof))
     }
 
     /// Reads the recorded meals of a lot, in order.

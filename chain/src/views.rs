@@ -247,6 +247,42 @@ pub struct Alert {
     pub limit: f64,
 }
 
+/// Outcome of checking a product's history in its lot's hash chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IntegrityStatus {
+    /// Every hash and link checks out and the stored rows match the events.
+    Verified,
+    /// Something was changed after it was recorded.
+    Failed,
+    /// The lot has no recorded history (data stored before the chain).
+    Missing,
+}
+
+/// The proof behind a product's integrity check: its lot's chain up to the
+/// product's creation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IntegrityProof {
+    pub status: IntegrityStatus,
+    pub code_lot: String,
+    pub product_id: String,
+    /// What failed, for a failed check.
+    pub problems: Vec<String>,
+    pub events: Vec<ProofEvent>,
+}
+
+/// One event of a lot's chain. Events of the lot's other samples and
+/// products carry no payload, only their hashes, which still prove the links.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProofEvent {
+    pub seq: i64,
+    pub kind: String,
+    pub recorded_at: String,
+    pub prev_hash: String,
+    pub hash: String,
+    pub payload: Option<serde_json::Value>,
+}
+
 /// Everything the consumer page shows for one trace token.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TraceView {
@@ -255,6 +291,7 @@ pub struct TraceView {
     pub sample: SampleView,
     /// The lot's recorded meals, in order.
     pub meals: Vec<MealPoint>,
+    pub integrity: IntegrityProof,
 }
 
 /// One recorded meal, for the feeding curve.

@@ -5,6 +5,7 @@
 use chain::gavage::{MealOutcome, Moment};
 use chain::sqal::{analyze, simulate};
 use chain::store::{MealRow, MealStored, NewLot, SampleRow, Store, MAX_INSPECTION_ATTEMPTS};
+use chain::views::IntegrityStatus;
 use rand::SeedableRng;
 
 const DEFAULT_POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/test";
@@ -409,4 +410,94 @@ async fn unsupported_database_url_is_rejected() {
         .err()
         .expect("mysql is not supported");
     assert!(format!("{error}").contains("DATABASE_URL"), "{error}");
+}
+
+#[tokio::test]
+async fn tampering_breaks_verification() {
+    let databases = fresh_databases().await;
+    for url in databases.urls.iter() {
+        let store = Store::connect(&url).await.unwrap();
+        store.insert_gavage_run("R1", 1, 1000.0, 7).await.unwrap();
+        let code = new_lot(&store, "R1").await;
+        feed_whole_lot(&store, &code).await;
+        store.claim_next_lot(60.0).await.unwrap().expect("claimed");
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let measurement = simulate(&mut rng, 0.95, 560.0);
+        let analysis = analyze(&measurement);
+        let row = SampleRow {
+            code_lot: &code,
+            sample_index: 0,
+            device_id: "ESP32_LL_01",
+            measurement: &measurement,
+            analysis: &analysis,
+        };
+        let outcome = store
+            .record_sample(&row, "http://127.0.0.1:3000")
+            .await
+            .unwrap();
+        let token = outcome.product.expect("a compliant sample").token;
+
+        let proof = store.verify(&token).await.unwrap().expect("a known token");
+        assert_eq!(
+            proof.status,
+            IntegrityStatus::Verified,
+            "{url}: {:?}",
+            proof.problems
+        );
+        let kinds: Vec<&str> = proof
+            .events
+            .iter()
+            .map(|event| event.kind.as_str())
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "lot_created",
+                "gavage_finished",
+                "inspection_started",
+                "sample_graded",
+                "product_created"
+            ],
+            "{url}"
+        );
+
+        let raw = sqlx::AnyPool::connect(url).await.unwrap();
+        // Each change stays in place; its failure must name the event it breaks.
+        let tampering = [
+            (
+                "UPDATE products SET grade = 'A+', final_score = 0.99 WHERE token = $1",
+                "product_created",
+            ),
+            (
+                "UPDATE sqal_samples SET final_score = 0.99 WHERE code_lot = (SELECT code_lot FROM products WHERE token = $1)",
+                "sample_graded",
+            ),
+            (
+                "UPDATE lots SET nb_canards = 40 WHERE code_lot = (SELECT code_lot FROM products WHERE token = $1)",
+                "lot_created",
+            ),
+            (
+                "UPDATE trace_events SET payload = REPLACE(payload, '\"attempt\":1', '\"attempt\":2') \
+                 WHERE kind = 'inspection_started' AND code_lot = (SELECT code_lot FROM products WHERE token = $1)",
+                "inspection_started",
+            ),
+        ];
+        for (change, kind) in tampering {
+            let changed = sqlx::query(change)
+                .bind(&token)
+                .execute(&raw)
+                .await
+                .unwrap();
+            assert_eq!(changed.rows_affected(), 1, "{url}: {change}");
+            let proof = store.verify(&token).await.unwrap().unwrap();
+            assert_eq!(proof.status, IntegrityStatus::Failed, "{url}: {change}");
+            assert!(
+                proof.problems.iter().any(|problem| problem.contains(kind)),
+                "{url}: {change} gave {:?}",
+                proof.problems
+            );
+        }
+        raw.close().await;
+        store.close().await;
+    }
 }

@@ -1,0 +1,190 @@
+//! Tamper-evident history of each lot and its products: a hash chain per
+//! lot in `trace_events`. Each event is appended in the transaction that
+//! writes the data it describes. Its hash covers the lot, its position, its
+//! kind, the previous event's hash and its payload, and its payload is
+//! rebuilt from the stored rows at verification. Changing a stored value
+//! or an event therefore makes verification fail.
+
+use anyhow::Context;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+
+/// `prev_hash` of a lot's first event.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+pub const LOT_CREATED: &str = "lot_created";
+pub const GAVAGE_FINISHED: &str = "gavage_finished";
+pub const INSPECTION_STARTED: &str = "inspection_started";
+pub const SAMPLE_GRADED: &str = "sample_graded";
+pub const PRODUCT_CREATED: &str = "product_created";
+
+/// SHA-256 of `text`, as lowercase hex.
+pub fn digest(text: &str) -> String {
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+/// Hash of one event. Fields are separated by a newline, which none of
+/// them contains except inside the JSON payload, which comes last.
+pub fn event_hash(code_lot: &str, seq: i64, kind: &str, prev_hash: &str, payload: &str) -> String {
+    digest(&format!(
+        "{code_lot}\n{seq}\n{kind}\n{prev_hash}\n{payload}"
+    ))
+}
+
+pub fn lot_created(
+    code_lot: &str,
+    gaveur_id: i64,
+    site: &str,
+    genetique: &str,
+    nb_canards: i64,
+    duree_jours: i64,
+    started_at: &str,
+) -> Value {
+    json!({
+        "code_lot": code_lot, "gaveur_id": gaveur_id, "site": site, "genetique": genetique,
+        "nb_canards": nb_canards, "duree_jours": duree_jours, "started_at": started_at,
+    })
+}
+
+pub fn gavage_finished(
+    poids_moyen_final: f64,
+    nb_canards_final: i64,
+    taux_mortalite: f64,
+    slaughter_at: &str,
+) -> Value {
+    json!({
+        "poids_moyen_final": poids_moyen_final, "nb_canards_final": nb_canards_final,
+        "taux_mortalite": taux_mortalite, "slaughter_at": slaughter_at,
+    })
+}
+
+pub fn inspection_started(attempt: i64, claimed_at: &str) -> Value {
+    json!({ "attempt": attempt, "claimed_at": claimed_at })
+}
+
+/// Payload of a graded sample. The raw measurement enters through the
+/// digest of its stored JSON, which keeps the event short.
+#[allow(clippy::too_many_arguments)]
+pub fn sample_graded(
+    sample_index: i64,
+    device_id: &str,
+    measured_at: &str,
+    tof_distances: &str,
+    as7341_counts: &str,
+    grade: Option<&str>,
+    final_score: f64,
+    tof_score: f64,
+    as7341_score: f64,
+) -> Value {
+    json!({
+        "sample_index": sample_index, "device_id": device_id, "measured_at": measured_at,
+        "measurement_sha256": digest(&format!("{tof_distances}\n{as7341_counts}")),
+        "grade": grade, "final_score": final_score, "tof_score": tof_score,
+        "as7341_score": as7341_score,
+    })
+}
+
+/// Payload of a new product. The token enters only through its digest, so
+/// the chain of a lot never reveals the trace page of another product.
+pub fn product_created(
+    product_id: &str,
+    token: &str,
+    sample_index: i64,
+    grade: &str,
+    final_score: f64,
+    created_at: &str,
+) -> Value {
+    json!({
+        "product_id": product_id, "token_sha256": digest(token), "sample_index": sample_index,
+        "grade": grade, "final_score": final_score, "created_at": created_at,
+    })
+}
+
+/// Appends an event to the lot's chain, on the caller's transaction.
+pub async fn append(
+    connection: &mut sqlx::AnyConnection,
+    code_lot: &str,
+    kind: &str,
+    payload: &Value,
+) -> anyhow::Result<()> {
+    let last = sqlx::query(
+        "SELECT seq, hash FROM trace_events WHERE code_lot = $1 ORDER BY seq DESC LIMIT 1",
+    )
+    .bind(code_lot)
+    .fetch_optional(&mut *connection)
+    .await
+    .with_context(|| format!("read the chain head of lot {code_lot}"))?;
+    let (seq, prev_hash) = match last {
+        Some(row) => (row.try_get::<i64, _>("seq")? + 1, row.try_get("hash")?),
+        None => (1, GENESIS_HASH.to_string()),
+    };
+    let payload = payload.to_string();
+    let hash = event_hash(code_lot, seq, kind, &prev_hash, &payload);
+    sqlx::query(
+        "INSERT INTO trace_events (code_lot, seq, kind, payload, prev_hash, hash, recorded_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(code_lot)
+    .bind(seq)
+    .bind(kind)
+    .bind(&payload)
+    .bind(&prev_hash)
+    .bind(&hash)
+    .bind(crate::time::now())
+    .execute(&mut *connection)
+    .await
+    .with_context(|| format!("append {kind} to the chain of lot {code_lot}"))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_of_empty_text_is_the_sha256_constant() {
+        assert_eq!(
+            digest(""),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
+
+    #[test]
+    fn hash_changes_with_every_field() {
+        let base = event_hash("LL2612001", 2, "lot_created", GENESIS_HASH, "{}");
+        assert_ne!(
+            base,
+            event_hash("LL2612002", 2, "lot_created", GENESIS_HASH, "{}")
+        );
+        assert_ne!(
+            base,
+            event_hash("LL2612001", 3, "lot_created", GENESIS_HASH, "{}")
+        );
+        assert_ne!(
+            base,
+            event_hash("LL2612001", 2, "gavage_finished", GENESIS_HASH, "{}")
+        );
+        assert_ne!(
+            base,
+            event_hash("LL2612001", 2, "lot_created", &digest("x"), "{}")
+        );
+        assert_ne!(
+            base,
+            event_hash("LL2612001", 2, "lot_created", GENESIS_HASH, "{ }")
+        );
+    }
+
+    #[test]
+    fn payload_text_is_stable() {
+        // Keys come out sorted, so the text rebuilt from stored rows matches.
+        let payload = gavage_finished(6950.5, 48, 4.0, "2026-12-04T10:00:00.000Z");
+        assert_eq!(
+            payload.to_string(),
+            r#"{"nb_canards_final":48,"poids_moyen_final":6950.5,"slaughter_at":"2026-12-04T10:00:00.000Z","taux_mortalite":4.0}"#
+        );
+    }
+}
