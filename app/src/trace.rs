@@ -5,7 +5,10 @@ use crate::api::trace;
 use crate::i18n::{self, Lang};
 use crate::{use_lang, LangSwitch};
 use chain::grade::Grade;
-use chain::views::{Band, DefectKind, MealPoint, SampleDetails, SampleView, TraceView};
+use chain::views::{
+    Band, DefectKind, IntegrityProof, IntegrityStatus, MealPoint, SampleDetails, SampleView,
+    TraceView,
+};
 use leptos::prelude::*;
 use leptos_meta::Title;
 use leptos_router::hooks::{use_params_map, use_query_map};
@@ -100,7 +103,9 @@ fn TraceDetails(view: TraceView) -> impl IntoView {
         lot,
         sample,
         meals,
+        integrity,
     } = view;
+    let token = product.token.clone();
     let hint_note = hint_mismatch(lang, &product.code_lot, product.grade);
     let title = format!("{} — {}", product.product_id, lot.code_lot);
     let rule = match product.grade.min_score() {
@@ -174,6 +179,13 @@ fn TraceDetails(view: TraceView) -> impl IntoView {
             <SampleEvidence sample=sample.clone()/>
         </section>
 
+        <IntegrityCard proof=integrity token=token.clone()/>
+
+        <section class="card share">
+            <h2>{lang.tr("Partager", "Share")}</h2>
+            <ShareLink path=format!("/trace/{token}")/>
+        </section>
+
         <section class="card timeline">
             <h2>{lang.tr("Historique", "Timeline")}</h2>
             <ol class="steps">
@@ -183,6 +195,129 @@ fn TraceDetails(view: TraceView) -> impl IntoView {
                 <li><strong>{lang.tr("Produit créé", "Product created")}</strong>" — "{i18n::date_time(&product.created_at)}</li>
             </ol>
         </section>
+    }
+}
+
+fn event_name(lang: Lang, kind: &str) -> &'static str {
+    match kind {
+        "lot_created" => lang.tr("Lot créé", "Lot created"),
+        "gavage_finished" => lang.tr("Gavage terminé", "Gavage finished"),
+        "inspection_started" => lang.tr("Inspection commencée", "Inspection started"),
+        "sample_graded" => lang.tr("Mesure notée", "Sample graded"),
+        "product_created" => lang.tr("Produit créé", "Product created"),
+        _ => lang.tr(
+            "Autre mesure ou produit du lot",
+            "Other sample or product of the lot",
+        ),
+    }
+}
+
+/// Result of the hash-chain check with the events behind it.
+#[component]
+fn IntegrityCard(proof: IntegrityProof, token: String) -> impl IntoView {
+    let lang = use_lang();
+    let (class, verdict) = match proof.status {
+        IntegrityStatus::Verified => (
+            "notice success",
+            lang.tr(
+                "Historique intact : chaque étape est scellée et rien n'a été modifié depuis.",
+                "History intact: every step is sealed and nothing has changed since.",
+            ),
+        ),
+        IntegrityStatus::Failed => (
+            "notice error",
+            lang.tr(
+                "Vérification échouée : des données ont été modifiées après leur enregistrement.",
+                "Verification failed: data were changed after they were recorded.",
+            ),
+        ),
+        IntegrityStatus::Missing => (
+            "notice info",
+            lang.tr(
+                "Aucun historique scellé pour ce lot (enregistré avant la mise en place du scellement).",
+                "No sealed history for this lot (recorded before sealing existed).",
+            ),
+        ),
+    };
+    let steps = proof
+        .events
+        .iter()
+        .filter(|event| event.payload.is_some())
+        .map(|event| {
+            view! {
+                <li>
+                    <strong>{event_name(lang, &event.kind)}</strong>
+                    " — "{i18n::date_time(&event.recorded_at)}
+                    <br/><code class="hash">{event.hash[..16].to_string()}"…"</code>
+                </li>
+            }
+        })
+        .collect_view();
+    let problems = proof
+        .problems
+        .iter()
+        .map(|problem| view! { <li>{problem.clone()}</li> })
+        .collect_view();
+    view! {
+        <section class="card integrity" data-testid="integrity" data-status=format!("{:?}", proof.status).to_lowercase()>
+            <h2>{lang.tr("Intégrité", "Integrity")}</h2>
+            <p class=class>{verdict}</p>
+            <ul class="problems">{problems}</ul>
+            <ol class="steps">{steps}</ol>
+            <p><a href=format!("/api/trace/{token}/verify")>{lang.tr("Preuve complète (JSON)", "Full proof (JSON)")}</a></p>
+        </section>
+    }
+}
+
+/// Link to this page with a share button. The button appears once the
+/// page runs JavaScript: it opens the phone's share sheet (Web Share API)
+/// or, where there is none, copies the link. Without JavaScript the link
+/// shows as text to copy.
+#[component]
+fn ShareLink(path: String) -> impl IntoView {
+    let lang = use_lang();
+    let interactive = RwSignal::new(false);
+    let message = RwSignal::new(None::<&'static str>);
+    Effect::new(move |_| interactive.set(true));
+    let share = move |_| {
+        #[cfg(feature = "hydrate")]
+        {
+            use wasm_bindgen::JsCast;
+            let Some(window) = web_sys::window() else {
+                return;
+            };
+            let location = window.location();
+            let url = format!(
+                "{}{}",
+                location.origin().unwrap_or_default(),
+                location.pathname().unwrap_or_default()
+            );
+            let navigator = window.navigator();
+            let share = js_sys::Reflect::get(&navigator, &"share".into())
+                .ok()
+                .and_then(|value| value.dyn_into::<js_sys::Function>().ok());
+            match share {
+                Some(share) => {
+                    let data = js_sys::Object::new();
+                    let _ = js_sys::Reflect::set(&data, &"title".into(), &"Filière".into());
+                    let _ = js_sys::Reflect::set(&data, &"url".into(), &url.into());
+                    let _ = share.call1(&navigator, &data);
+                }
+                None => {
+                    let _ = navigator.clipboard().write_text(&url);
+                    message.set(Some(lang.tr("Lien copié.", "Link copied.")));
+                }
+            }
+        }
+    };
+    view! {
+        <p class="share-url"><code>{path.clone()}</code></p>
+        <Show when=move || interactive.get()>
+            <button type="button" class="share-button" data-testid="share" on:click=share>
+                {lang.tr("Partager ce produit", "Share this product")}
+            </button>
+        </Show>
+        {move || message.get().map(|text| view! { <p class="muted" role="status">{text}</p> })}
     }
 }
 

@@ -29,6 +29,9 @@ test("trace page shows product, lot and grade", async ({ page, request }) => {
   await expect(page.getByTestId("liver-weight")).toContainText(/\d+ ± \d+ g/);
   await expect(page.getByTestId("indices").locator("meter")).toHaveCount(4);
   await expect(page.getByTestId("defects")).toBeVisible();
+  // The product's history verifies against its lot's hash chain.
+  await expect(page.getByTestId("integrity")).toHaveAttribute("data-status", "verified");
+  await expect(page.getByTestId("integrity")).toContainText("Historique intact");
   const scrollWidth = await page.evaluate(() => document.documentElement.scrollWidth);
   const viewport = page.viewportSize()!.width;
   expect(scrollWidth, "no horizontal scroll").toBeLessThanOrEqual(viewport);

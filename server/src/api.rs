@@ -222,6 +222,25 @@ pub async fn ingest_meal(State(state): State<AppState>, body: Bytes) -> Result<R
     }
 }
 
+/// `GET /api/trace/<token>/verify`: the integrity proof of one product,
+/// its lot's hash chain up to the product's creation.
+pub async fn verify_trace(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+) -> Result<Response, ApiError> {
+    let not_found = || ApiError::NotFound("no product has this token".to_string());
+    if !chain::token::is_valid_token(&token) {
+        return Err(not_found());
+    }
+    let proof = state
+        .services
+        .store
+        .verify(&token)
+        .await?
+        .ok_or_else(not_found)?;
+    Ok(Json(proof).into_response())
+}
+
 /// `GET /qr/<token>.svg`: the QR code of a product's trace URL.
 pub async fn qr_svg(
     State(state): State<AppState>,

@@ -75,6 +75,7 @@ fn router(state: AppState) -> Router {
         .route("/api/consumer/products", get(api::products))
         .route("/api/sqal/samples", post(api::ingest_sample))
         .route("/api/gavage/meals", post(api::ingest_meal))
+        .route("/api/trace/{token}/verify", get(api::verify_trace))
         .route("/qr/{file}", get(api::qr_svg))
         .leptos_routes_with_context(
             &state,

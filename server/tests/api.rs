@@ -138,6 +138,22 @@ async fn pipeline_runs_until_a_traceable_product() {
         "code_lot {code_lot}"
     );
 
+    // The product's history verifies, and its proof links event to event.
+    let (status, proof) = app.get(&format!("/api/trace/{token}/verify")).await;
+    assert_eq!(status, 200, "{proof}");
+    assert_eq!(proof["status"], "verified", "{proof}");
+    assert_eq!(proof["code_lot"], code_lot);
+    let events = proof["events"].as_array().unwrap();
+    assert_eq!(events[0]["kind"], "lot_created", "{proof}");
+    assert_eq!(events.last().unwrap()["kind"], "product_created", "{proof}");
+    for pair in events.windows(2) {
+        assert_eq!(pair[1]["prev_hash"], pair[0]["hash"], "{proof}");
+    }
+    let (status, _) = app.get("/api/trace/AAAAAAAAAAAAAAAAAAAAAA/verify").await;
+    assert_eq!(status, 404);
+    let (status, _) = app.get("/api/trace/not-a-token/verify").await;
+    assert_eq!(status, 404);
+
     let (status, listed) = app
         .get(&format!("/api/consumer/products?code_lot={code_lot}"))
         .await;
