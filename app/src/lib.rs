@@ -7,6 +7,7 @@
 pub mod api;
 pub mod demo;
 pub mod i18n;
+pub mod scan;
 pub mod trace;
 
 use i18n::Lang;

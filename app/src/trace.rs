@@ -710,6 +710,7 @@ pub fn TraceLookup() -> impl IntoView {
                     <input id="code" name="code" type="text" autocomplete="off" spellcheck="false" value=typed.clone()/>
                     <button type="submit">{lang.tr("Afficher", "Show")}</button>
                 </form>
+                <crate::scan::QrScanner/>
                 <Show when=move || invalid>
                     <p class="error" role="alert">{lang.tr(
                         "Ce code n'a pas la bonne forme : 22 caractères (lettres, chiffres, - et _).",

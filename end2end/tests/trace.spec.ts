@@ -51,3 +51,31 @@ test("stored values win over the QR payload hints", async ({ page, request }) =>
   await expect(page.getByTestId("code-lot")).toHaveText(product.code_lot);
   await expect(page.getByTestId("hint-note")).toContainText("XX0000000");
 });
+
+test("photo of a product QR code opens its page", async ({ page, request }, testInfo) => {
+  test.skip(testInfo.project.name === "no-javascript", "the scanner needs JavaScript");
+  const product = await someProduct(request);
+
+  // A picture of the printed code: the server's QR SVG, photographed by the browser.
+  await page.setViewportSize({ width: 400, height: 400 });
+  await page.goto(`/qr/${product.token}.svg`);
+  const photo = await page.screenshot({ type: "png" });
+  // A picture with no QR code in it.
+  await page.goto("/trace");
+  const noCode = await page.screenshot({ type: "png" });
+
+  await expect(page.getByTestId("scanner")).toBeVisible();
+  await page.getByTestId("scan-photo").setInputFiles({ name: "blank.png", mimeType: "image/png", buffer: noCode });
+  await expect(page.getByTestId("scan-problem")).toContainText("Aucun QR code lisible");
+
+  await page.getByTestId("scan-photo").setInputFiles({ name: "pack.png", mimeType: "image/png", buffer: photo });
+  await page.waitForURL(new RegExp(`/trace/${product.token}\\?lot=`));
+  await expect(page.getByTestId("code-lot")).toHaveText(product.code_lot);
+});
+
+test("scan controls need JavaScript, the typed code does not", async ({ page }, testInfo) => {
+  test.skip(testInfo.project.name !== "no-javascript", "checks the page without JavaScript");
+  await page.goto("/trace");
+  await expect(page.getByTestId("scanner")).toHaveCount(0);
+  await expect(page.getByLabel("Code du produit")).toBeVisible();
+});
