@@ -355,7 +355,7 @@ mod browser {
             // Looks at about three frames a second until a code is read or
             // the camera is stopped.
             while camera_on.get_untracked() {
-                gloo_sleep(330).await;
+                sleep_ms(330).await;
                 let source: JsValue = video.clone().into();
                 let text = match &detector {
                     Some(detector) => detect_with(detector, &source).await,
@@ -395,7 +395,7 @@ mod browser {
     }
 
     /// Waits `ms` milliseconds on the browser's timer.
-    async fn gloo_sleep(ms: i32) {
+    async fn sleep_ms(ms: i32) {
         let promise = js_sys::Promise::new(&mut |resolve, _| {
             if let Some(window) = web_sys::window() {
                 let _ = window.set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, ms);
@@ -441,7 +441,7 @@ mod tests {
         ] {
             assert_eq!(scanned_trace_path(text), None, "{text:?}");
         }
-        // Hints with characters a payload never holds are dropped; the
+        // Hints with characters no payload contains are dropped; the
         // token still opens its page.
         for hint in ["lot=é", "lot=<b>", "lot=\"x\""] {
             assert_eq!(
