@@ -57,8 +57,10 @@ pub fn decode_luma(width: usize, height: usize, luma: &[u8]) -> Option<String> {
         .find_map(|grid| grid.decode().ok().map(|(_, content)| content))
 }
 
-/// Outcome of one attempt at reading a code.
+/// Outcome of one attempt at reading a code. Only the browser build reads
+/// codes, so the server build never makes the last two.
 #[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(not(feature = "hydrate"), allow(dead_code))]
 enum ScanState {
     Idle,
     Working(&'static str),

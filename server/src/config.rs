@@ -13,6 +13,9 @@ pub struct Config {
     pub bind: SocketAddr,
     /// Base URL written into QR payloads.
     pub public_url: String,
+    /// Token the operator's routes need; `None` leaves them open, which
+    /// `build` allows only on a loopback address.
+    pub admin_token: Option<String>,
     pub leptos: LeptosOptions,
 }
 
@@ -24,7 +27,7 @@ fn var(name: &str) -> Option<String> {
 
 impl Config {
     /// Reads `DATABASE_URL`, `FILIERE_BIND` (or `LEPTOS_SITE_ADDR`, which
-    /// cargo-leptos sets) and `PUBLIC_URL`.
+    /// cargo-leptos sets), `PUBLIC_URL` and `FILIERE_ADMIN_TOKEN`.
     pub fn from_env() -> anyhow::Result<Config> {
         let leptos = match leptos::config::get_configuration(None) {
             Ok(configuration) => configuration.leptos_options,
@@ -58,10 +61,22 @@ impl Config {
             }
             None => format!("http://{bind}"),
         };
+        let admin_token = var("FILIERE_ADMIN_TOKEN");
+        if let Some(token) = &admin_token {
+            let usable = token.len() >= crate::guard::MIN_TOKEN_LEN
+                && token.bytes().all(|b| b.is_ascii_graphic() && b != b';');
+            if !usable {
+                anyhow::bail!(
+                    "FILIERE_ADMIN_TOKEN must be at least {} printable ASCII characters without ';'",
+                    crate::guard::MIN_TOKEN_LEN
+                );
+            }
+        }
         Ok(Config {
             database_url,
             bind,
             public_url,
+            admin_token,
             leptos,
         })
     }
@@ -72,6 +87,7 @@ impl Config {
             database_url: database_url.to_string(),
             bind: "127.0.0.1:0".parse().expect("literal address"),
             public_url: "http://127.0.0.1".to_string(),
+            admin_token: None,
             leptos: default_leptos_options(),
         }
     }

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod config;
 pub mod events;
+pub mod guard;
 
 use anyhow::Context;
 use app::{shell, App};
@@ -25,6 +26,13 @@ pub struct AppState {
     pub services: Services,
     /// Cancelled at shutdown, so that long-lived responses end.
     pub shutdown: CancellationToken,
+    pub guard: guard::Guard,
+}
+
+impl FromRef<AppState> for guard::Guard {
+    fn from_ref(state: &AppState) -> Self {
+        state.guard.clone()
+    }
 }
 
 impl FromRef<AppState> for LeptosOptions {
@@ -42,12 +50,22 @@ pub struct Application {
 /// Connects the store (running migrations), binds the listener and builds
 /// the router. A failed migration is an error here, before anything listens.
 pub async fn build(config: Config) -> anyhow::Result<Application> {
+    if !config.bind.ip().is_loopback() && config.admin_token.is_none() {
+        anyhow::bail!(
+            "refusing to listen on {}: without FILIERE_ADMIN_TOKEN anyone on the network could \
+             start, stop and feed the chain; set FILIERE_ADMIN_TOKEN (at least {} characters) \
+             or listen on 127.0.0.1",
+            config.bind,
+            guard::MIN_TOKEN_LEN
+        );
+    }
     let store = Store::connect(&config.database_url).await?;
     let services = Services::new(store, &config.public_url);
     let state = AppState {
         leptos: config.leptos.clone(),
         services,
         shutdown: CancellationToken::new(),
+        guard: guard::Guard::new(config.admin_token.clone(), &config.public_url),
     };
     let router = router(state.clone());
     let listener = TcpListener::bind(config.bind)
@@ -64,7 +82,9 @@ fn router(state: AppState) -> Router {
     let routes = generate_route_list(App);
     let services = state.services.clone();
     let leptos = state.leptos.clone();
+    let guard = state.guard.clone();
     Router::new()
+        .route("/admin/login", get(guard::login_form).post(guard::login))
         .route("/health", get(api::health))
         .route("/api/events", get(events::stream))
         .route("/api/control/status", get(api::status))
@@ -84,6 +104,7 @@ fn router(state: AppState) -> Router {
             move || shell(leptos.clone()),
         )
         .fallback(leptos_axum::file_and_error_handler::<AppState, _>(shell))
+        .layer(axum::middleware::from_fn_with_state(guard, guard::check))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }
@@ -122,13 +143,16 @@ impl Application {
             }
         });
         tracing::info!(address = %listener.local_addr()?, "listening");
-        axum::serve(listener, router)
-            .with_graceful_shutdown({
-                let shutdown = shutdown.clone();
-                async move { shutdown.cancelled().await }
-            })
-            .await
-            .context("server error")?;
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown({
+            let shutdown = shutdown.clone();
+            async move { shutdown.cancelled().await }
+        })
+        .await
+        .context("server error")?;
 
         tracing::info!("shutting down: stopping tasks");
         state.services.supervisor.stop_all().await;

@@ -13,11 +13,16 @@ struct TestApp {
 
 impl TestApp {
     async fn start() -> TestApp {
+        TestApp::start_with(|_| {}).await
+    }
+
+    /// Starts a server whose test configuration `adjust` may change first.
+    async fn start_with(adjust: impl FnOnce(&mut server::config::Config)) -> TestApp {
         let dir = tempfile::tempdir().expect("temporary directory");
         let url = format!("sqlite://{}", dir.path().join("filiere.db").display());
-        let application = server::build(server::config::Config::for_test(&url))
-            .await
-            .expect("application builds");
+        let mut config = server::config::Config::for_test(&url);
+        adjust(&mut config);
+        let application = server::build(config).await.expect("application builds");
         let base = format!("http://127.0.0.1:{}", application.port());
         let shutdown = application.shutdown_token();
         tokio::spawn(application.run_until_stopped());
@@ -710,4 +715,206 @@ async fn tablet_meals_are_checked_against_their_lot() {
         .post("/api/gavage/meals", tablet_meal(&code_lot, 0, "soir"))
         .await;
     assert_eq!(status, 409, "{answer}");
+}
+
+const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+#[tokio::test]
+async fn open_network_address_needs_an_admin_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("filiere.db").display());
+    let mut config = server::config::Config::for_test(&url);
+    config.bind = "0.0.0.0:0".parse().unwrap();
+    let refused = server::build(config).await;
+    let message = format!("{:#}", refused.err().expect("build refused"));
+    assert!(message.contains("FILIERE_ADMIN_TOKEN"), "{message}");
+}
+
+#[tokio::test]
+async fn admin_token_guards_operator_routes_only() {
+    let app = TestApp::start_with(|config| config.admin_token = Some(ADMIN_TOKEN.into())).await;
+    for path in [
+        "/api/consumer/products",
+        "/api/control/status",
+        "/e2e-demo",
+        "/api/events",
+    ] {
+        let status = app
+            .client
+            .get(format!("{}{path}", app.base))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 401, "{path} without the token");
+    }
+    let (status, answer) = app.post("/api/control/gavage/start", json!({})).await;
+    assert_eq!(status, 401, "{answer}");
+    assert_eq!(answer["error"], "admin_token_required");
+
+    // The bearer token opens the API.
+    let status = app
+        .client
+        .get(format!("{}/api/control/status", app.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200);
+
+    // The login form sets the cookie the demo page then uses.
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let wrong = client
+        .post(format!("{}/admin/login", app.base))
+        .form(&[("token", "not-the-token-at-all")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let login = client
+        .post(format!("{}/admin/login", app.base))
+        .form(&[("token", ADMIN_TOKEN)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 303);
+    let cookie = login.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let pair = cookie.split(';').next().unwrap().to_string();
+    let demo = client
+        .get(format!("{}/e2e-demo", app.base))
+        .header("cookie", pair)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(demo.status(), 200);
+
+    // Trace lookups stay public.
+    for path in ["/trace", "/health"] {
+        let status = app
+            .client
+            .get(format!("{}{path}", app.base))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 200, "{path}");
+    }
+    let status = app
+        .client
+        .get(format!("{}/trace/AAAAAAAAAAAAAAAAAAAAAA", app.base))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn cross_site_posts_are_rejected() {
+    let app = TestApp::start().await;
+    let foreign = app
+        .client
+        .post(format!("{}/api/control/gavage/stop", app.base))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(foreign.status(), 403);
+    let marked = app
+        .client
+        .post(format!("{}/api/control/gavage/stop", app.base))
+        .header("sec-fetch-site", "cross-site")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(marked.status(), 403);
+    let same = app
+        .client
+        .post(format!("{}/api/control/gavage/stop", app.base))
+        .header("origin", app.base.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(same.status(), 200);
+}
+
+#[tokio::test]
+async fn repeated_unknown_tokens_are_rate_limited() {
+    let app = TestApp::start().await;
+    let mut statuses = Vec::new();
+    for attempt in 0..(server::guard::MISS_LIMIT + 2) {
+        let token = format!("{:A>22}", attempt);
+        let response = app
+            .client
+            .get(format!("{}/api/trace/{token}/verify", app.base))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(response.status().as_u16());
+    }
+    let limit = server::guard::MISS_LIMIT as usize;
+    assert!(
+        statuses[..limit].iter().all(|status| *status == 404),
+        "{statuses:?}"
+    );
+    assert_eq!(*statuses.last().unwrap(), 429, "{statuses:?}");
+    // The block covers trace pages too, and says when to come back.
+    let page = app
+        .client
+        .get(format!("{}/trace/AAAAAAAAAAAAAAAAAAAAAA", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 429);
+    assert!(page.headers().contains_key("retry-after"));
+}
+
+#[tokio::test]
+async fn fifty_concurrent_starts_start_one_task() {
+    let app = TestApp::start().await;
+    let requests = (0..50).map(|_| {
+        let client = app.client.clone();
+        let url = format!("{}/api/control/gavage/start", app.base);
+        async move {
+            let response = client
+                .post(url)
+                .json(&json!({ "nb_lots": 1, "acceleration": 1 }))
+                .send()
+                .await
+                .unwrap();
+            let body: Value = response.json().await.unwrap();
+            body["started"].as_bool().unwrap()
+        }
+    });
+    let started = futures::future::join_all(requests).await;
+    assert_eq!(
+        started.iter().filter(|started| **started).count(),
+        1,
+        "{started:?}"
+    );
+    // The one run created its one lot; no other run started beside it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, status) = app.get("/api/control/status").await;
+    let gavage = status["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|task| task["task"] == "gavage")
+        .unwrap()
+        .clone();
+    assert_eq!(gavage["state"], "running", "{gavage}");
+    assert_eq!(gavage["counters"]["lots"], 1, "{gavage}");
+    // Stopping leaves nothing running.
+    let (status, _) = app.post("/api/control/gavage/stop", json!({})).await;
+    assert_eq!(status, 200);
+    let (_, health) = app.get("/health").await;
+    assert_eq!(health["tasks"]["gavage"], "stopped");
 }

@@ -1,0 +1,110 @@
+#!/usr/bin/env python3
+"""Load the consumer trace page and /health with wrk on a local server.
+
+Starts the given filiere binary on a loopback port with a fresh SQLite
+file, runs one pipeline so that products exist, then runs wrk for a fixed
+time per target while the simulators keep going, and prints throughput,
+latency percentiles, errors and the server's peak resident memory.
+Loopback only; wrk runs for --duration seconds per target and every wait
+has a time limit.
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+
+def request(base, method, path, body=None, timeout=10):
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(base + path, data=data, method=method, headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as response:
+        return response.status, json.loads(response.read() or b"null")
+
+
+def wait_for(check, limit, what):
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+            if result:
+                return result
+        except OSError:
+            pass
+        time.sleep(0.1)
+    sys.exit(f"{what} not ready after {limit} s")
+
+
+def peak_rss_mb(pid):
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def run_wrk(url, connections, duration, threads):
+    output = subprocess.run(
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency", "--timeout", "5s", url],
+        capture_output=True, text=True, timeout=duration + 30, check=True,
+    ).stdout
+    figures = {"requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))}
+    for percentile in ("50", "90", "99"):
+        match = re.search(rf"^\s+{percentile}(?:\.000)?%\s+([\d.]+)(us|ms|s)", output, re.M)
+        value, unit = float(match.group(1)), match.group(2)
+        figures[f"p{percentile}_ms"] = value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    figures["errors"] = (sum(int(n) for n in errors.groups()) if errors else 0) + (int(non_2xx.group(1)) if non_2xx else 0)
+    return figures
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--binary", default="target/release/filiere")
+    parser.add_argument("--port", type=int, default=3951)
+    parser.add_argument("--connections", type=int, nargs="+", default=[64])
+    parser.add_argument("--duration", type=int, default=20, help="seconds of load per target")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is missing: apt-get install wrk")
+    if not os.path.exists(args.binary):
+        sys.exit(f"{args.binary} is missing: build it first (cargo leptos build --release)")
+
+    base = f"http://127.0.0.1:{args.port}"
+    with tempfile.TemporaryDirectory() as scratch:
+        env = dict(os.environ, DATABASE_URL=f"sqlite://{scratch}/load.db",
+                   LEPTOS_SITE_ADDR=f"127.0.0.1:{args.port}", RUST_LOG="warn")
+        env.setdefault("LEPTOS_SITE_ROOT", "target/site")
+        server = subprocess.Popen([args.binary], env=env)
+        try:
+            wait_for(lambda: request(base, "GET", "/health", timeout=1)[0] == 200, 30, "server")
+            request(base, "POST", "/api/control/pipeline/start", {
+                "gavage": {"nb_lots": 20, "acceleration": 259200},
+                "sqal": {"interval": 0.05, "nb_samples": 20},
+            })
+            status, latest = wait_for(lambda: request(base, "GET", "/api/consumer/latest-product", timeout=2), 60, "first product")
+            token = latest["product"]["token"]
+            page = urllib.request.urlopen(f"{base}/trace/{token}", timeout=5).read()
+            print(f"trace page: {len(page)} bytes")
+            for connections in args.connections:
+                for name, path in (("trace page", f"/trace/{token}"), ("/health", "/health")):
+                    figures = run_wrk(base + path, connections, args.duration, args.threads)
+                    print(f"{name:10} c={connections:<4} {figures['requests_per_s']:9.0f} req/s  "
+                          f"p50 {figures['p50_ms']:.2f} ms  p90 {figures['p90_ms']:.2f} ms  "
+                          f"p99 {figures['p99_ms']:.2f} ms  errors {figures['errors']}")
+            print(f"server peak resident memory: {peak_rss_mb(server.pid):.1f} MB")
+        finally:
+            server.terminate()
+            server.wait(timeout=15)
+
+
+if __name__ == "__main__":
+    main()
