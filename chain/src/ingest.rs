@@ -321,6 +321,34 @@ mod tests {
     }
 
     #[test]
+    fn values_at_the_edges_of_their_range_pass() {
+        type Edit = fn(&mut SamplePayload);
+        let edges: [Edit; 12] = [
+            |p| p.tof_distances[0] = 0.0,
+            |p| p.tof_distances[63] = MAX_DISTANCE_MM,
+            |p| p.tof_reflectance[0] = MAX_REFLECTANCE,
+            |p| p.tof_amplitude[5] = MAX_RATE,
+            |p| p.tof_ambient[5] = 0.0,
+            |p| p.tof_status[9] = MAX_STATUS,
+            |p| p.as7341_counts[8] = MAX_COUNT,
+            |p| p.as7341_gain = 0.5,
+            |p| p.as7341_gain = 512.0,
+            |p| p.as7341_integration_ms = 1.0,
+            |p| p.as7341_integration_ms = 1000.0,
+            |p| p.sample_index = 999,
+        ];
+        for (index, edit) in edges.iter().enumerate() {
+            let mut payload = payload(4);
+            edit(&mut payload);
+            assert!(
+                validate(&payload).is_ok(),
+                "edge {index}: {:?}",
+                validate(&payload)
+            );
+        }
+    }
+
+    #[test]
     fn payload_json_with_unknown_field_is_rejected() {
         let mut json = serde_json::to_value(payload(2)).unwrap();
         json["grade"] = serde_json::json!("A+");

@@ -357,6 +357,93 @@ mod tests {
         }
     }
 
+    /// Checks one README row: `inside` must pass and `outside` must be
+    /// rejected naming `field`.
+    fn check_row<T: fmt::Debug>(
+        field: &str,
+        validate: impl Fn(&T) -> Result<(), InvalidParam>,
+        inside: &[T],
+        outside: &[T],
+    ) {
+        for value in inside {
+            assert_eq!(validate(value), Ok(()), "{field} = {value:?} is in range");
+        }
+        for value in outside {
+            let error = validate(value).expect_err(field);
+            assert_eq!(error.field, field, "{field} = {value:?}");
+        }
+    }
+
+    #[test]
+    fn every_task_parameter_row_at_its_edges() {
+        let gavage = |edit: fn(&mut GavageParams, f64)| {
+            move |value: &f64| {
+                let mut params = GavageParams::default();
+                edit(&mut params, *value);
+                params.validate()
+            }
+        };
+        check_row(
+            "nb_lots",
+            gavage(|p, v| p.nb_lots = v as u32),
+            &[1.0, 50.0],
+            &[0.0, 51.0],
+        );
+        check_row(
+            "acceleration",
+            gavage(|p, v| p.acceleration = v),
+            &[1.0, 10_000_000.0],
+            &[0.99, 10_000_000.5],
+        );
+        check_row(
+            "polling_interval",
+            |value: &f64| {
+                MonitorParams {
+                    polling_interval: *value,
+                }
+                .validate()
+            },
+            &[0.5, 3600.0],
+            &[0.49, 3600.5],
+        );
+        let sqal = |edit: fn(&mut SqalParams, f64)| {
+            move |value: &f64| {
+                let mut params = SqalParams::default();
+                edit(&mut params, *value);
+                params.validate()
+            }
+        };
+        check_row(
+            "interval",
+            sqal(|p, v| p.interval = v),
+            &[0.01, 60.0],
+            &[0.009, 60.01],
+        );
+        check_row(
+            "nb_samples",
+            sqal(|p, v| p.nb_samples = v as u32),
+            &[1.0, 200.0],
+            &[0.0, 201.0],
+        );
+        check_row(
+            "device_id",
+            |value: &&str| validate_device_id(value),
+            &["ESP32_LL_00", "ESP32_MT_99"],
+            &["ESP32_MT_100", "ESP32_MT_9"],
+        );
+        // Profiles and seeds are checked when the JSON is read.
+        for profile in ["standard", "premium", "low"] {
+            let json = format!(r#"{{"profile": "{profile}"}}"#);
+            assert!(
+                serde_json::from_str::<SqalParams>(&json).is_ok(),
+                "{profile}"
+            );
+        }
+        assert!(serde_json::from_str::<SqalParams>(r#"{"profile": "deluxe"}"#).is_err());
+        assert!(serde_json::from_str::<GavageParams>(r#"{"seed": 18446744073709551615}"#).is_ok());
+        assert!(serde_json::from_str::<GavageParams>(r#"{"seed": -1}"#).is_err());
+    }
+
     #[test]
     fn code_lot_format() {
         assert!(validate_code_lot("LL2612001").is_ok());

@@ -918,3 +918,130 @@ async fn fifty_concurrent_starts_start_one_task() {
     let (_, health) = app.get("/health").await;
     assert_eq!(health["tasks"]["gavage"], "stopped");
 }
+
+#[tokio::test]
+async fn hostile_text_is_rendered_escaped() {
+    let app = TestApp::start().await;
+    let hostile = "<script>alert(1)</script>\"'><img src=x onerror=alert(2)>";
+    let encoded: String = hostile.bytes().map(|byte| format!("%{byte:02X}")).collect();
+
+    // A typed code: refused with a message, echoed back escaped.
+    let page = app
+        .client
+        .get(format!("{}/trace?code={encoded}", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let body = page.text().await.unwrap();
+    assert!(
+        !body.contains("<script>alert(1)"),
+        "raw script in the lookup page"
+    );
+    assert!(!body.contains("<img src=x"), "raw img in the lookup page");
+    assert!(
+        body.contains("&lt;script&gt;alert(1)"),
+        "typed code not echoed escaped"
+    );
+
+    // QR hints on a real product's page: shown escaped in the mismatch note.
+    app.post(
+        "/api/control/pipeline/start",
+        json!({ "gavage": { "nb_lots": 1, "acceleration": 10000000 }, "sqal": { "interval": 0.01, "nb_samples": 5 } }),
+    )
+    .await;
+    let latest = app
+        .wait_for_ok("/api/consumer/latest-product", Duration::from_secs(30))
+        .await;
+    let token = latest["product"]["token"].as_str().unwrap();
+    let page = app
+        .client
+        .get(format!(
+            "{}/trace/{token}?lot={encoded}&grade={encoded}",
+            app.base
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let body = page.text().await.unwrap();
+    assert!(
+        !body.contains("<script>alert(1)"),
+        "raw script in the trace page"
+    );
+    assert!(!body.contains("<img src=x"), "raw img in the trace page");
+    assert!(
+        body.contains("&lt;script&gt;alert(1)"),
+        "lot hint not shown escaped"
+    );
+
+    // A hostile device id or lot code is rejected before anything is stored.
+    let mut sample = device_sample("LL2612001", 0);
+    sample["device_id"] = json!(hostile);
+    let (status, answer) = app.post("/api/sqal/samples", sample).await;
+    assert_eq!(status, 422, "{answer}");
+    assert_eq!(answer["field"], "device_id");
+}
+
+#[tokio::test]
+async fn lookup_parameters_at_their_edges() {
+    let app = TestApp::start().await;
+    // code_lot filter: 32 characters pass, 33 are rejected.
+    let (status, listed) = app
+        .get(&format!(
+            "/api/consumer/products?code_lot={}",
+            "L".repeat(32)
+        ))
+        .await;
+    assert_eq!(status, 200, "{listed}");
+    assert_eq!(listed, json!([]));
+    let (status, answer) = app
+        .get(&format!(
+            "/api/consumer/products?code_lot={}",
+            "L".repeat(33)
+        ))
+        .await;
+    assert_eq!(status, 422, "{answer}");
+    assert_eq!(answer["field"], "code_lot");
+
+    // Task names: the three tasks, nothing else.
+    let (status, _) = app.post("/api/control/monitor/stop", json!({})).await;
+    assert_eq!(status, 200);
+    let (status, answer) = app.post("/api/control/oven/stop", json!({})).await;
+    assert!((400..500).contains(&status), "{status} {answer}");
+
+    // Tokens: 22 URL-safe characters reach the lookup (404 when unknown);
+    // any other shape is a 404 without a lookup.
+    for token in [
+        "AAAAAAAAAAAAAAAAAAAAAA",
+        "AAAAAAAAAAAAAAAAAAAAA",
+        "AAAAAAAAAAAAAAAAAAAAAAA",
+        "AAAAAAAAAAAAAAAAAAAAA%2B",
+    ] {
+        for path in [
+            format!("/trace/{token}"),
+            format!("/api/trace/{token}/verify"),
+            format!("/qr/{token}.svg"),
+        ] {
+            let status = app
+                .client
+                .get(format!("{}{path}", app.base))
+                .send()
+                .await
+                .unwrap()
+                .status();
+            assert_eq!(status, 404, "{path}");
+        }
+    }
+
+    // Stream positions: a well-formed one replays, anything else gets a snapshot.
+    for after in ["00000000-0", "not-a-position", ""] {
+        let response = app
+            .client
+            .get(format!("{}/api/events?after={after}", app.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "after={after}");
+    }
+}
