@@ -72,6 +72,8 @@ def main():
     parser.add_argument("--connections", type=int, nargs="+", default=[64])
     parser.add_argument("--duration", type=int, default=20, help="seconds of load per target")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--lots", type=int, default=20, help="lots of the pipeline run during the load")
+    parser.add_argument("--samples", type=int, default=20, help="samples per lot, one every 0.05 s")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is missing: apt-get install wrk")
@@ -87,8 +89,8 @@ def main():
         try:
             wait_for(lambda: request(base, "GET", "/health", timeout=1)[0] == 200, 30, "server")
             request(base, "POST", "/api/control/pipeline/start", {
-                "gavage": {"nb_lots": 20, "acceleration": 259200},
-                "sqal": {"interval": 0.05, "nb_samples": 20},
+                "gavage": {"nb_lots": args.lots, "acceleration": 259200},
+                "sqal": {"interval": 0.05, "nb_samples": args.samples},
             })
             status, latest = wait_for(lambda: request(base, "GET", "/api/consumer/latest-product", timeout=2), 60, "first product")
             token = latest["product"]["token"]
@@ -100,6 +102,9 @@ def main():
                     print(f"{name:10} c={connections:<4} {figures['requests_per_s']:9.0f} req/s  "
                           f"p50 {figures['p50_ms']:.2f} ms  p90 {figures['p90_ms']:.2f} ms  "
                           f"p99 {figures['p99_ms']:.2f} ms  errors {figures['errors']}")
+            _, status = request(base, "GET", "/api/control/status")
+            running = [task["task"] for task in status["tasks"] if task["state"] == "running"]
+            print(f"tasks still running at the end: {', '.join(running) or 'none'}")
             print(f"server peak resident memory: {peak_rss_mb(server.pid):.1f} MB")
         finally:
             server.terminate()
