@@ -106,6 +106,14 @@ fn TraceDetails(view: TraceView) -> impl IntoView {
         integrity,
     } = view;
     let token = product.token.clone();
+    // The claim that led to this product's measurement: the last one
+    // recorded before it in the lot's chain.
+    let inspection_started = integrity
+        .events
+        .iter()
+        .filter(|event| event.kind == "inspection_started")
+        .last()
+        .map(|event| i18n::date_time(&event.recorded_at));
     let hint_note = hint_mismatch(lang, &product.code_lot, product.grade);
     let title = format!("{} — {}", product.product_id, lot.code_lot);
     let rule = match product.grade.min_score() {
@@ -191,7 +199,8 @@ fn TraceDetails(view: TraceView) -> impl IntoView {
             <ol class="steps">
                 <li><strong>{lang.tr("Début du gavage", "Gavage started")}</strong>" — "{i18n::date_time(&lot.started_at)}</li>
                 <li><strong>{lang.tr("Fin du gavage, prêt abattage", "Gavage finished, ready for slaughter")}</strong>" — "{or_missing(lang, lot.finished_at.as_deref().map(i18n::date_time))}</li>
-                <li><strong>{lang.tr("Inspection SQAL", "SQAL inspection")}</strong>" — "{format!("{} ({})", i18n::date_time(&sample.measured_at), sample.device_id)}</li>
+                <li><strong>{lang.tr("Inspection SQAL du lot", "SQAL inspection of the lot")}</strong>" — "{or_missing(lang, inspection_started)}</li>
+                <li><strong>{lang.tr("Mesure et notation du foie", "Liver measured and graded")}</strong>" — "{format!("{} ({}, {})", i18n::date_time(&sample.measured_at), sample.device_id, product.grade)}</li>
                 <li><strong>{lang.tr("Produit créé", "Product created")}</strong>" — "{i18n::date_time(&product.created_at)}</li>
             </ol>
         </section>

@@ -266,3 +266,63 @@ impl Supervisor {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Counts live instances of a task body; the count drops when the body
+    /// ends or is aborted.
+    struct Alive(Arc<AtomicUsize>);
+
+    impl Drop for Alive {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn start_stop_storm_leaves_no_orphan() {
+        let supervisor = Supervisor::new(EventBus::new());
+        let alive = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+
+        let calls = (0..200u32).map(|call| {
+            let supervisor = supervisor.clone();
+            let alive = alive.clone();
+            let most = most.clone();
+            tokio::spawn(async move {
+                if call % 3 == 0 {
+                    supervisor.stop(TaskName::Gavage).await;
+                } else {
+                    supervisor.start(TaskName::Gavage, serde_json::json!({}), None, move |ctx| {
+                        let now = alive.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now, Ordering::SeqCst);
+                        let guard = Alive(alive);
+                        async move {
+                            let _guard = guard;
+                            ctx.cancel.cancelled().await;
+                            Ok("stopped".to_string())
+                        }
+                    });
+                }
+            })
+        });
+        for call in calls.collect::<Vec<_>>() {
+            call.await.expect("call finished");
+        }
+        supervisor.stop(TaskName::Gavage).await;
+
+        assert_eq!(
+            alive.load(Ordering::SeqCst),
+            0,
+            "a task body outlived the final stop"
+        );
+        assert_eq!(most.load(Ordering::SeqCst), 1, "two instances ran at once");
+        assert_eq!(
+            supervisor.status(TaskName::Gavage).state,
+            TaskState::Stopped
+        );
+    }
+}

@@ -37,6 +37,23 @@ test("trace page shows product, lot and grade", async ({ page, request }) => {
   expect(scrollWidth, "no horizontal scroll").toBeLessThanOrEqual(viewport);
 });
 
+test("trace page fits a 360 px screen", async ({ page, request }, testInfo) => {
+  test.skip(testInfo.project.name !== "mobile", "checked once, on the phone project");
+  const product = await someProduct(request);
+  await page.setViewportSize({ width: 360, height: 740 });
+  await page.goto(`/trace/${product.token}`);
+  await expect(page.getByTestId("grade")).toHaveText(product.grade);
+  const scrollWidth = await page.evaluate(() => document.documentElement.scrollWidth);
+  expect(scrollWidth, "no horizontal scroll at 360 px").toBeLessThanOrEqual(360);
+  // Every button and the language link offer at least a 44 px tall target.
+  const heights = await page.locator("button:visible, a.lang-switch").evaluateAll((nodes) =>
+    nodes.map((node) => [node.textContent?.trim(), node.getBoundingClientRect().height]),
+  );
+  for (const [label, height] of heights) {
+    expect(height as number, `tap target ${label}`).toBeGreaterThanOrEqual(44);
+  }
+});
+
 test("unknown token shows produit introuvable with 404", async ({ page }) => {
   const response = await page.goto("/trace/AAAAAAAAAAAAAAAAAAAAAA");
   expect(response?.status()).toBe(404);
