@@ -130,6 +130,8 @@ pub async fn start_pipeline(
 /// Returns the first product of gavage run `run_id`, if one exists yet.
 #[server(prefix = "/fn")]
 pub async fn run_product(run_id: String) -> Result<Option<ProductView>, ServerFnError> {
+    chain::params::validate_run_id(&run_id)
+        .map_err(|invalid| ServerFnError::new(invalid.to_string()))?;
     services()?
         .store
         .first_product_of_run(&run_id)

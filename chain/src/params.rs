@@ -246,6 +246,23 @@ pub fn validate_device_id(device_id: &str) -> Result<(), InvalidParam> {
     Ok(())
 }
 
+/// Accepts a gavage run id such as `R20261204231508123-1a2b`: `R`, then at
+/// most 39 letters, digits or `-`.
+pub fn validate_run_id(run_id: &str) -> Result<(), InvalidParam> {
+    let well_formed = run_id.len() <= 40
+        && run_id.starts_with('R')
+        && run_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if !well_formed {
+        let shown: String = run_id.chars().take(40).collect();
+        return Err(InvalidParam::new(
+            "run_id",
+            format!("{shown:?}"),
+            "R followed by at most 39 letters, digits or '-'",
+        ));
+    }
+    Ok(())
+}
+
 /// Accepts a `code_lot`: site, year and month, then a three-digit sequence.
 pub fn validate_code_lot(code_lot: &str) -> Result<(), InvalidParam> {
     let well_formed = code_lot.len() == 9
@@ -430,6 +447,12 @@ mod tests {
             |value: &&str| validate_device_id(value),
             &["ESP32_LL_00", "ESP32_MT_99"],
             &["ESP32_MT_100", "ESP32_MT_9"],
+        );
+        check_row(
+            "run_id",
+            |value: &String| validate_run_id(value),
+            &["R20261204231508123-1a2b".to_string(), format!("R{}", "9".repeat(39))],
+            &[format!("R{}", "9".repeat(40)), "20261204".to_string(), "R1'--".to_string()],
         );
         // Profiles and seeds are checked when the JSON is read.
         for profile in ["standard", "premium", "low"] {
