@@ -251,7 +251,6 @@ fn IntegrityCard(proof: IntegrityProof, token: String) -> impl IntoView {
     let steps = proof
         .events
         .iter()
-        .filter(|event| event.payload.is_some())
         .map(|event| {
             view! {
                 <li>

@@ -251,7 +251,9 @@ pub fn validate_device_id(device_id: &str) -> Result<(), InvalidParam> {
 pub fn validate_run_id(run_id: &str) -> Result<(), InvalidParam> {
     let well_formed = run_id.len() <= 40
         && run_id.starts_with('R')
-        && run_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        && run_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-');
     if !well_formed {
         let shown: String = run_id.chars().take(40).collect();
         return Err(InvalidParam::new(
@@ -451,8 +453,15 @@ mod tests {
         check_row(
             "run_id",
             |value: &String| validate_run_id(value),
-            &["R20261204231508123-1a2b".to_string(), format!("R{}", "9".repeat(39))],
-            &[format!("R{}", "9".repeat(40)), "20261204".to_string(), "R1'--".to_string()],
+            &[
+                "R20261204231508123-1a2b".to_string(),
+                format!("R{}", "9".repeat(39)),
+            ],
+            &[
+                format!("R{}", "9".repeat(40)),
+                "20261204".to_string(),
+                "R1'--".to_string(),
+            ],
         );
         // Profiles and seeds are checked when the JSON is read.
         for profile in ["standard", "premium", "low"] {

@@ -826,7 +826,8 @@ impl Store {
         let integrity = self
             .verify(token)
             .await?
-            .context("the product vanished between two reads")?;
+            .context("the product vanished between two reads")?
+            .for_page();
         Ok(Some(TraceView {
             product,
             lot,

@@ -271,6 +271,20 @@ pub struct IntegrityProof {
     pub events: Vec<ProofEvent>,
 }
 
+impl IntegrityProof {
+    /// Keeps what the trace page shows: this product's own steps, without
+    /// payloads or previous hashes. The verification endpoint serves the
+    /// whole proof; the page stays small for phones.
+    pub fn for_page(mut self) -> IntegrityProof {
+        self.events.retain(|event| event.payload.is_some());
+        for event in &mut self.events {
+            event.payload = None;
+            event.prev_hash.clear();
+        }
+        self
+    }
+}
+
 /// One event of a lot's chain. Events of the lot's other samples and
 /// products carry no payload, only their hashes, which still prove the links.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
