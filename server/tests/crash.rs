@@ -100,7 +100,7 @@ async fn kill_and_restart(database_url: &str, engine: &str) {
 
         server = Server::start(database_url).await;
         let after = listed_tokens(&server).await;
-        // The list holds the newest 100, so check older ones one by one.
+        // The list contains only the newest 100, so older ones are checked one by one.
         for token in seen.iter().filter(|token| !after.contains(*token)) {
             let status = reqwest::get(format!("{}/api/trace/{token}/verify", server.base))
                 .await
