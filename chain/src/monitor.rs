@@ -8,9 +8,11 @@ use crate::views::Event;
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
 
-/// How long a claim stays valid. A lot still `inspecting` past its lease,
-/// after a crash for instance, is claimed again.
+/// How long a claim stays valid by default. A lot still `inspecting` past
+/// its lease, after a crash for instance, is claimed again.
 pub const LEASE_SECONDS: f64 = 120.0;
+/// Leases the configuration accepts, in seconds.
+pub const LEASE_RANGE: (f64, f64) = (1.0, 3600.0);
 
 /// A lot claimed for inspection, with what the station needs to know.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,7 +27,11 @@ pub struct ClaimedLot {
 /// how many lots were handed over.
 pub async fn step(services: &Services) -> anyhow::Result<u32> {
     let mut handed = 0;
-    while let Some(lot) = services.store.claim_next_lot(LEASE_SECONDS).await? {
+    while let Some(lot) = services
+        .store
+        .claim_next_lot(services.lease_seconds)
+        .await?
+    {
         tracing::info!(lot.code = %lot.code_lot, attempts = lot.attempts, "lot claimed for inspection");
         services.bus.publish(Event::LotClaimed {
             code_lot: lot.code_lot.clone(),

@@ -18,6 +18,8 @@ pub struct Services {
     pub supervisor: Supervisor,
     /// Base URL written into QR payloads, without a trailing slash.
     pub public_url: String,
+    /// Lease of a lot claimed for inspection, in seconds.
+    pub lease_seconds: f64,
     /// Sender to the running SQAL station, if any.
     station_inbox: Arc<Mutex<Option<mpsc::UnboundedSender<ClaimedLot>>>>,
 }
@@ -39,6 +41,7 @@ impl Services {
             supervisor: Supervisor::new(bus.clone()),
             bus,
             public_url: public_url.trim_end_matches('/').to_string(),
+            lease_seconds: monitor::LEASE_SECONDS,
             station_inbox: Arc::new(Mutex::new(None)),
         }
     }

@@ -794,9 +794,18 @@ async fn inspect(
     lot: &ClaimedLot,
     ctx: &TaskContext,
 ) -> anyhow::Result<bool> {
+    // A lot can wait in the inbox past its lease and be claimed a second
+    // time; the copy that comes second finds it inspected and skips it.
+    // Starting renews the lease, so waiting does not eat into inspection.
+    if !services
+        .store
+        .start_inspection(&lot.code_lot, services.lease_seconds)
+        .await?
+    {
+        tracing::info!(lot.code = %lot.code_lot, "lot already inspected, skipped");
+        return Ok(true);
+    }
     tracing::info!(lot.code = %lot.code_lot, attempts = lot.attempts, "inspection started");
-    let mut compliant = 0;
-    let mut valid = 0;
     for sample_index in 0..params.nb_samples {
         let mut rng =
             ChaCha8Rng::seed_from_u64(sample_seed(station_seed, &lot.code_lot, sample_index));
@@ -816,12 +825,6 @@ async fn inspect(
             Err(IngestError::Internal(error)) => return Err(error),
         };
         ctx.count(|counters| counters.samples += 1);
-        if receipt.grade.is_some() {
-            valid += 1;
-        }
-        if receipt.grade.is_some_and(Grade::is_compliant) {
-            compliant += 1;
-        }
         if receipt.product.is_some() {
             ctx.count(|counters| counters.products += 1);
         }
@@ -832,8 +835,9 @@ async fn inspect(
         }
     }
 
-    // NOTE: after a re-inspection only this attempt's samples count toward
-    // the verdict; those stored by the earlier attempt are skipped above.
+    // Every stored sample of the lot counts, including those an earlier,
+    // interrupted attempt stored.
+    let (compliant, valid) = services.store.sample_outcomes(&lot.code_lot).await?;
     let verdict = lot_verdict(compliant, valid);
     services
         .store
@@ -850,7 +854,7 @@ async fn inspect(
 
 /// Decides a lot's verdict: approved when at least 80 % of its valid samples
 /// are compliant, rejected otherwise and when no sample is valid.
-pub fn lot_verdict(compliant: u32, valid: u32) -> &'static str {
+pub fn lot_verdict(compliant: i64, valid: i64) -> &'static str {
     if valid > 0 && compliant * 5 >= valid * 4 {
         "approved"
     } else {

@@ -712,6 +712,39 @@ impl Store {
         .transpose()
     }
 
+    /// Renews the lease of a lot about to be measured. Returns false when the
+    /// lot is no longer `inspecting` (another claim already finished it).
+    pub async fn start_inspection(
+        &self,
+        code_lot: &str,
+        lease_seconds: f64,
+    ) -> anyhow::Result<bool> {
+        let renewed = sqlx::query(
+            "UPDATE sqal_pending_lots SET lease_until = $1, updated_at = $2 \
+             WHERE code_lot = $3 AND status = 'inspecting'",
+        )
+        .bind(crate::time::in_seconds(lease_seconds))
+        .bind(crate::time::now())
+        .bind(code_lot)
+        .execute(&self.write)
+        .await
+        .with_context(|| format!("renew the lease of lot {code_lot}"))?;
+        Ok(renewed.rows_affected() == 1)
+    }
+
+    /// Counts a lot's stored samples that are compliant and that are valid.
+    pub async fn sample_outcomes(&self, code_lot: &str) -> anyhow::Result<(i64, i64)> {
+        let row = sqlx::query(
+            "SELECT COALESCE(SUM(CASE WHEN grade IS NOT NULL AND grade <> 'REJECT' THEN 1 ELSE 0 END), 0) AS compliant, \
+             COALESCE(SUM(CASE WHEN grade IS NOT NULL THEN 1 ELSE 0 END), 0) AS valid \
+             FROM sqal_samples WHERE code_lot = $1",
+        )
+        .bind(code_lot)
+        .fetch_one(&self.write)
+        .await?;
+        Ok((row.try_get("compliant")?, row.try_get("valid")?))
+    }
+
     pub async fn finish_inspection(&self, code_lot: &str, verdict: &str) -> anyhow::Result<()> {
         sqlx::query("UPDATE sqal_pending_lots SET status = 'inspected', verdict = $1, lease_until = NULL, updated_at = $2 WHERE code_lot = $3")
             .bind(verdict)

@@ -16,6 +16,8 @@ pub struct Config {
     /// Token the operator's routes need; `None` leaves them open, which
     /// `build` allows only on a loopback address.
     pub admin_token: Option<String>,
+    /// Lease of a lot claimed for inspection, in seconds.
+    pub lease_seconds: f64,
     pub leptos: LeptosOptions,
 }
 
@@ -27,7 +29,7 @@ fn var(name: &str) -> Option<String> {
 
 impl Config {
     /// Reads `DATABASE_URL`, `FILIERE_BIND` (or `LEPTOS_SITE_ADDR`, which
-    /// cargo-leptos sets), `PUBLIC_URL` and `FILIERE_ADMIN_TOKEN`.
+    /// cargo-leptos sets), `PUBLIC_URL`, `FILIERE_ADMIN_TOKEN` and `FILIERE_LEASE_SECONDS`.
     pub fn from_env() -> anyhow::Result<Config> {
         let leptos = match leptos::config::get_configuration(None) {
             Ok(configuration) => configuration.leptos_options,
@@ -72,11 +74,22 @@ impl Config {
                 );
             }
         }
+        let (min, max) = chain::monitor::LEASE_RANGE;
+        let lease_seconds = match var("FILIERE_LEASE_SECONDS") {
+            Some(text) => match text.parse::<f64>() {
+                Ok(value) if (min..=max).contains(&value) => value,
+                _ => anyhow::bail!(
+                    "FILIERE_LEASE_SECONDS must be a number of seconds in {min}..={max}, got {text:?}"
+                ),
+            },
+            None => chain::monitor::LEASE_SECONDS,
+        };
         Ok(Config {
             database_url,
             bind,
             public_url,
             admin_token,
+            lease_seconds,
             leptos,
         })
     }
@@ -88,6 +101,7 @@ impl Config {
             bind: "127.0.0.1:0".parse().expect("literal address"),
             public_url: "http://127.0.0.1".to_string(),
             admin_token: None,
+            lease_seconds: chain::monitor::LEASE_SECONDS,
             leptos: default_leptos_options(),
         }
     }

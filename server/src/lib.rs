@@ -60,7 +60,8 @@ pub async fn build(config: Config) -> anyhow::Result<Application> {
         );
     }
     let store = Store::connect(&config.database_url).await?;
-    let services = Services::new(store, &config.public_url);
+    let mut services = Services::new(store, &config.public_url);
+    services.lease_seconds = config.lease_seconds;
     let state = AppState {
         leptos: config.leptos.clone(),
         services,

@@ -2,7 +2,8 @@
 //! of busy runs, ten times per engine, and restarted on the same database.
 //! After each restart every product seen before the kill is still there,
 //! no sample has two products, every product's hash chain verifies and
-//! every finished lot is in the inspection queue.
+//! every finished lot is in the inspection queue. Restarted with a short
+//! lease, the server then inspects every lot a kill left behind.
 
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -25,10 +26,17 @@ struct Server {
 }
 
 impl Server {
+    /// Starts the server with a one-second lease, so that lots a kill
+    /// leaves `inspecting` come back quickly.
     async fn start(database_url: &str) -> Server {
+        Server::start_with_lease(database_url, "1").await
+    }
+
+    async fn start_with_lease(database_url: &str, lease_seconds: &str) -> Server {
         let port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_filiere"))
             .env("DATABASE_URL", database_url)
+            .env("FILIERE_LEASE_SECONDS", lease_seconds)
             .env("FILIERE_BIND", format!("127.0.0.1:{port}"))
             .env("RUST_LOG", "error")
             .stdout(Stdio::null())
@@ -117,6 +125,39 @@ async fn kill_and_restart(database_url: &str, engine: &str) {
         }
     }
 
+    // Lots a kill left `inspecting` are claimed again once their lease
+    // expires: the monitor and station finish every queued lot.
+    server.kill();
+    let server = Server::start(database_url).await;
+    let client = reqwest::Client::new();
+    for (task, body) in [
+        ("sqal", serde_json::json!({ "interval": 0.01 })),
+        ("monitor", serde_json::json!({ "polling_interval": 0.5 })),
+    ] {
+        let status = client
+            .post(format!("{}/api/control/{task}/start", server.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 200, "{engine}: start {task}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = server.json("/api/control/status").await;
+        let (pending, inspecting) = (&status["queue"]["pending"], &status["queue"]["inspecting"]);
+        if pending == 0 && inspecting == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{engine}: queue not drained 60 s after restart: {}",
+            status["queue"]
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
     // Every sample has at most one product and every finished lot is queued.
     let pool = sqlx::AnyPool::connect(database_url)
         .await
@@ -132,6 +173,10 @@ async fn kill_and_restart(database_url: &str, engine: &str) {
              AND NOT EXISTS (SELECT 1 FROM sqal_pending_lots q WHERE q.code_lot = l.code_lot)",
         ),
         ("products without an id", "SELECT COUNT(*) AS n FROM products WHERE product_id IS NULL"),
+        (
+            "queued lots not inspected",
+            "SELECT COUNT(*) AS n FROM sqal_pending_lots WHERE status <> 'inspected'",
+        ),
     ] {
         let count: i64 = sqlx::Row::get(&sqlx::query(sql).fetch_one(&pool).await.unwrap(), "n");
         assert_eq!(count, 0, "{engine}: {what}");
