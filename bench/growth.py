@@ -11,7 +11,6 @@ seconds per measurement, and the fill is bounded by the requested counts.
 
 import argparse
 import os
-import re
 import secrets
 import sqlite3
 import subprocess
@@ -20,6 +19,8 @@ import tempfile
 import time
 import urllib.request
 import json
+
+from trace_load import run_wrk
 
 
 def wait_healthy(base, limit=60):
@@ -35,23 +36,16 @@ def wait_healthy(base, limit=60):
 
 
 def measure(binary, env, base, path, duration):
+    """Starts the server, loads `path` with wrk and returns its figures."""
     server = subprocess.Popen([binary], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_healthy(base)
         urllib.request.urlopen(base + path, timeout=10).read()
-        output = subprocess.run(
-            ["wrk", "-t2", "-c64", f"-d{duration}s", "--latency", base + path],
-            capture_output=True, text=True, timeout=duration + 30, check=True).stdout
+        figures = run_wrk(base + path, 64, duration, 2)
     finally:
         server.terminate()
         server.wait(timeout=15)
-    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
-    figures = {}
-    for percentile in ("50", "99"):
-        value, unit = re.search(rf"^\s+{percentile}(?:\.000)?%\s+([\d.]+)(us|ms|s)", output, re.M).groups()
-        figures[percentile] = float(value) / 1000 if unit == "us" else float(value) * 1000 if unit == "s" else float(value)
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
-    return rate, figures["50"], figures["99"], int(errors.group(1)) if errors else 0
+    return figures["requests_per_s"], figures["p50_ms"], figures["p99_ms"], figures["errors"]
 
 
 def fill(path, products, samples):

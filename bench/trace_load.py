@@ -2,9 +2,10 @@
 """Load the consumer trace page and /health with wrk on a local server.
 
 Starts the given filiere binary on a loopback port with a fresh SQLite
-file, runs one pipeline so that products exist, then runs wrk for a fixed
-time per target while the simulators keep going, and prints throughput,
-latency percentiles, errors and the server's peak resident memory.
+file and runs one pipeline so that products exist. Then it runs wrk for a
+fixed time per target while the simulators keep going. It prints
+throughput, latency percentiles, errors and the server's peak resident
+memory.
 Loopback only; wrk runs for --duration seconds per target and every wait
 has a time limit.
 """
@@ -49,7 +50,17 @@ def peak_rss_mb(pid):
     return float("nan")
 
 
+def to_ms(value, unit):
+    """Converts a wrk latency to milliseconds."""
+    if unit == "us":
+        return value / 1000
+    if unit == "s":
+        return value * 1000
+    return value
+
+
 def run_wrk(url, connections, duration, threads):
+    """Runs wrk against url and returns requests/s, p50/p90/p99 in ms and errors."""
     output = subprocess.run(
         ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency", "--timeout", "5s", url],
         capture_output=True, text=True, timeout=duration + 30, check=True,
@@ -57,11 +68,15 @@ def run_wrk(url, connections, duration, threads):
     figures = {"requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))}
     for percentile in ("50", "90", "99"):
         match = re.search(rf"^\s+{percentile}(?:\.000)?%\s+([\d.]+)(us|ms|s)", output, re.M)
-        value, unit = float(match.group(1)), match.group(2)
-        figures[f"p{percentile}_ms"] = value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
-    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+        figures[f"p{percentile}_ms"] = to_ms(float(match.group(1)), match.group(2))
+    errors = 0
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    if socket_errors:
+        errors += sum(int(count) for count in socket_errors.groups())
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
-    figures["errors"] = (sum(int(n) for n in errors.groups()) if errors else 0) + (int(non_2xx.group(1)) if non_2xx else 0)
+    if non_2xx:
+        errors += int(non_2xx.group(1))
+    figures["errors"] = errors
     return figures
 
 

@@ -43,7 +43,7 @@ pub struct MealPayload {
     pub fed_at: Option<String>,
 }
 
-/// What the store did with an accepted meal.
+/// Receipt of an accepted meal.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MealReceipt {
     pub meal_id: i64,
@@ -207,7 +207,7 @@ mod tests {
     }
 
     #[test]
-    fn a_plausible_meal_passes() {
+    fn plausible_meal_passes() {
         assert_eq!(validate(&meal()), Ok(()));
         assert_eq!(
             validate(&MealPayload {

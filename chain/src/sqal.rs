@@ -193,7 +193,7 @@ fn dome_residuals(heights: &[f64], mask: &[bool]) -> Option<Vec<(usize, f64)>> {
     )
 }
 
-/// Finds zones whose gap to the dome stands out from the surface texture:
+/// Finds zones whose gap to the dome is large against the surface texture:
 /// more than 10 mm and more than four times the median gap. Each defect
 /// found is left out of the next fits, and at most four are reported. On
 /// the twin's livers (2,000 per quality) it flags 3.8 % of livers at
@@ -218,9 +218,9 @@ fn find_defects(heights: &[f64], liver: &[bool]) -> Vec<Defect> {
         let on_edge = neighbours(zone).count() < 4 || neighbours(zone).any(|next| !liver[next]);
         let mut others = fitted.clone();
         others[zone] = false;
-        // Inside the liver the dome fitted without the zone predicts it
-        // well; on the edge that prediction is an extrapolation, so the
-        // edge keeps its gap to the full fit.
+        // Inside the liver the dome fitted without the zone predicts it well.
+        // On the edge that prediction is an extrapolation, so an edge zone
+        // keeps its gap to the full fit.
         let gap = match fit_dome(heights, &others) {
             Some(coefficients) if !on_edge => heights[zone] - dome_height(&coefficients, zone),
             _ => fitted_gap,
@@ -325,7 +325,7 @@ fn closeness(shift: f64, zero_at: f64) -> f64 {
     (1.0 - shift.abs() / zero_at).clamp(0.0, 1.0)
 }
 
-/// The four spectral indices, from the ratio shifts:
+/// Computes the four spectral indices from the ratio shifts:
 /// - freshness: NIR/F1, which falls as the liver ages;
 /// - fat quality: (F5+F6)/(F1+F2), the yellow-to-violet balance of the fat;
 /// - oxidation: how far (F7+F8)/F4 has risen, 1 when it has doubled;
@@ -795,7 +795,7 @@ async fn inspect(
     ctx: &TaskContext,
 ) -> anyhow::Result<bool> {
     // A lot can wait in the inbox past its lease and be claimed a second
-    // time; the copy that comes second finds it inspected and skips it.
+    // time. The copy that comes second finds it inspected and skips it.
     // Starting renews the lease, so waiting does not eat into inspection.
     if !services
         .store
@@ -876,7 +876,7 @@ mod tests {
     }
 
     #[test]
-    fn fresh_reference_has_no_ratio_shift_and_best_indices() {
+    fn fresh_reference_scores_best() {
         let shifts = ratio_shifts(&fresh_counts());
         assert!(shifts.iter().all(|shift| shift.abs() < 1e-9), "{shifts:?}");
         assert_eq!(spectral_indices(&shifts), (1.0, 1.0, 0.0, 1.0));

@@ -871,9 +871,10 @@ impl Store {
     }
 
     /// Checks the history of the product with `token` against its lot's
-    /// hash chain: every hash and link up to the product's creation, and
-    /// the events of the lot, its end of gavage, the product's sample and
-    /// the product against the rows stored now. `None` for an unknown token.
+    /// hash chain, checking every hash and link up to the product's creation.
+    /// It also compares the events of the lot, its end of gavage, the
+    /// product's sample and the product with the rows stored now. Returns
+    /// `None` for an unknown token.
     pub async fn verify(&self, token: &str) -> anyhow::Result<Option<IntegrityProof>> {
         let Some(row) = sqlx::query(
             "SELECT p.product_id, p.token, p.code_lot, p.grade, p.final_score, p.created_at, \

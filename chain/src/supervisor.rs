@@ -286,19 +286,19 @@ mod tests {
     async fn start_stop_storm_leaves_no_orphan() {
         let supervisor = Supervisor::new(EventBus::new());
         let alive = Arc::new(AtomicUsize::new(0));
-        let most = Arc::new(AtomicUsize::new(0));
+        let max_alive = Arc::new(AtomicUsize::new(0));
 
         let calls = (0..200u32).map(|call| {
             let supervisor = supervisor.clone();
             let alive = alive.clone();
-            let most = most.clone();
+            let max_alive = max_alive.clone();
             tokio::spawn(async move {
                 if call % 3 == 0 {
                     supervisor.stop(TaskName::Gavage).await;
                 } else {
                     supervisor.start(TaskName::Gavage, serde_json::json!({}), None, move |ctx| {
                         let now = alive.fetch_add(1, Ordering::SeqCst) + 1;
-                        most.fetch_max(now, Ordering::SeqCst);
+                        max_alive.fetch_max(now, Ordering::SeqCst);
                         let guard = Alive(alive);
                         async move {
                             let _guard = guard;
@@ -319,7 +319,11 @@ mod tests {
             0,
             "a task body outlived the final stop"
         );
-        assert_eq!(most.load(Ordering::SeqCst), 1, "two instances ran at once");
+        assert_eq!(
+            max_alive.load(Ordering::SeqCst),
+            1,
+            "two instances ran at once"
+        );
         assert_eq!(
             supervisor.status(TaskName::Gavage).state,
             TaskState::Stopped

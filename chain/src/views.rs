@@ -266,7 +266,7 @@ pub struct IntegrityProof {
     pub status: IntegrityStatus,
     pub code_lot: String,
     pub product_id: String,
-    /// What failed, for a failed check.
+    /// Problems found by a failed check.
     pub problems: Vec<String>,
     pub events: Vec<ProofEvent>,
 }

@@ -1,7 +1,7 @@
 use tracing_subscriber::EnvFilter;
 
 // glibc's allocator took about a third of the server's time under load on
-// the trace page (perf, cpu-clock samples); mimalloc serves the many small
+// the trace page (perf, cpu-clock samples). mimalloc serves the many small,
 // short-lived allocations of rendering and row decoding faster.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -866,7 +866,7 @@ async fn repeated_unknown_tokens_are_rate_limited() {
         "{statuses:?}"
     );
     assert_eq!(*statuses.last().unwrap(), 429, "{statuses:?}");
-    // The block covers trace pages too, and says when to come back.
+    // The block covers trace pages too, and the answer gives the retry delay.
     let page = app
         .client
         .get(format!("{}/trace/AAAAAAAAAAAAAAAAAAAAAA", app.base))

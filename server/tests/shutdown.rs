@@ -1,6 +1,6 @@
 //! Stopping the real binary with SIGTERM or Ctrl-C (SIGINT) in the middle of
 //! a busy run: it exits by itself within a few seconds, and the database
-//! holds no half-written product.
+//! contains no half-written product.
 
 use sqlx::Row;
 use std::process::{Command, Stdio};
