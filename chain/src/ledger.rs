@@ -111,6 +111,19 @@ pub async fn append(
     kind: &str,
     payload: &Value,
 ) -> anyhow::Result<()> {
+    if connection.backend_name() == "PostgreSQL" {
+        // Two instances may write to one lot at once (a lease that expired
+        // mid-inspection, for instance): the lock makes the second append
+        // wait for the first transaction and read its head.
+        sqlx::query(
+            "SELECT COUNT(*) AS locked FROM (SELECT pg_advisory_xact_lock($1, hashtext($2))) AS held",
+        )
+        .bind(crate::cluster::LEDGER_LOCK_CLASS)
+        .bind(code_lot)
+        .fetch_one(&mut *connection)
+        .await
+        .with_context(|| format!("lock the chain of lot {code_lot}"))?;
+    }
     let last = sqlx::query(
         "SELECT seq, hash FROM trace_events WHERE code_lot = $1 ORDER BY seq DESC LIMIT 1",
     )
