@@ -43,6 +43,30 @@ fn internal(error: anyhow::Error) -> ServerFnError {
     ServerFnError::new("internal error, see the server log")
 }
 
+#[cfg(feature = "ssr")]
+fn parse_task(task: &str) -> Result<chain::views::TaskName, ServerFnError> {
+    chain::views::TaskName::parse(task).ok_or_else(|| {
+        ServerFnError::new(format!(
+            "unknown task {task:?}: expected gavage, monitor or sqal"
+        ))
+    })
+}
+
+/// Turns a start into what the page gets: the task's status, or the
+/// rejected parameter.
+#[cfg(feature = "ssr")]
+fn start_result(
+    result: Result<chain::supervisor::StartOutcome, chain::services::StartError>,
+) -> Result<StartResult, ServerFnError> {
+    use chain::services::StartError;
+    match result {
+        Ok(outcome) => Ok(Ok(outcome.status().clone())),
+        Err(StartError::Invalid(invalid)) => Ok(Err(invalid)),
+        Err(StartError::NothingToResume(message)) => Err(ServerFnError::new(message)),
+        Err(StartError::Internal(error)) => Err(internal(error)),
+    }
+}
+
 /// Everything the demo page shows, with the stream position to follow from.
 #[server(prefix = "/fn")]
 pub async fn demo_snapshot() -> Result<ChainSnapshot, ServerFnError> {
@@ -56,17 +80,13 @@ pub async fn start_gavage(nb_lots: u32, acceleration: f64) -> Result<StartResult
         acceleration,
         seed: None,
     };
-    Ok(services()?
-        .start_gavage(params)
-        .map(|outcome| outcome.status().clone()))
+    start_result(services()?.start_gavage(params).await)
 }
 
 #[server(prefix = "/fn")]
 pub async fn start_monitor(polling_interval: f64) -> Result<StartResult, ServerFnError> {
     let params = MonitorParams { polling_interval };
-    Ok(services()?
-        .start_monitor(params)
-        .map(|outcome| outcome.status().clone()))
+    start_result(services()?.start_monitor(params).await)
 }
 
 #[server(prefix = "/fn")]
@@ -87,19 +107,18 @@ pub async fn start_sqal(
         profile,
         seed: None,
     };
-    Ok(services()?
-        .start_sqal(params)
-        .map(|outcome| outcome.status().clone()))
+    start_result(services()?.start_sqal(params).await)
 }
 
 #[server(prefix = "/fn")]
 pub async fn stop_task(task: String) -> Result<TaskStatus, ServerFnError> {
-    let name = chain::views::TaskName::parse(&task).ok_or_else(|| {
-        ServerFnError::new(format!(
-            "unknown task {task:?}: expected gavage, monitor or sqal"
-        ))
-    })?;
-    Ok(services()?.stop(name).await)
+    Ok(services()?.stop(parse_task(&task)?).await)
+}
+
+/// Starts again a task a crash interrupted, with the parameters it had.
+#[server(prefix = "/fn")]
+pub async fn resume_task(task: String) -> Result<StartResult, ServerFnError> {
+    start_result(services()?.resume(parse_task(&task)?).await)
 }
 
 #[server(prefix = "/fn")]
@@ -119,12 +138,18 @@ pub async fn start_pipeline(
     params.gavage.acceleration = acceleration;
     params.sqal.nb_samples = nb_samples;
     params.sqal.interval = interval;
-    let started = services()?.start_pipeline(params).await;
-    Ok(started.map(|start| PipelineStarted {
-        run_id: start.run_id,
-        started_at: start.started_at,
-        tasks: start.tasks,
-    }))
+    match services()?.start_pipeline(params).await {
+        Ok(start) => Ok(Ok(PipelineStarted {
+            run_id: start.run_id,
+            started_at: start.started_at,
+            tasks: start.tasks,
+        })),
+        Err(chain::services::StartError::Invalid(invalid)) => Ok(Err(invalid)),
+        Err(chain::services::StartError::NothingToResume(message)) => {
+            Err(ServerFnError::new(message))
+        }
+        Err(chain::services::StartError::Internal(error)) => Err(internal(error)),
+    }
 }
 
 /// Returns the first product of gavage run `run_id`, if one exists yet.

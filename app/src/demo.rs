@@ -804,6 +804,16 @@ fn TaskCard(task: TaskName, state: LiveState, fields: Fields) -> impl IntoView {
             }
         });
     };
+    let resume = move |_| {
+        error.set(None);
+        spawn_local(async move {
+            match api::resume_task(task.as_str().to_string()).await {
+                Ok(Ok(status)) => state.set_task(status),
+                Ok(Err(invalid)) => error.set(Some(invalid_message(lang, &invalid))),
+                Err(failure) => error.set(Some(failure.to_string())),
+            }
+        });
+    };
 
     let inputs = match task {
         TaskName::Gavage => view! {
@@ -864,8 +874,32 @@ fn TaskCard(task: TaskName, state: LiveState, fields: Fields) -> impl IntoView {
                     lang.tr("Démarré le", "Started on"),
                     i18n::date_time(started)
                 ));
+                let elsewhere = status.elsewhere.clone().map(|instance| view! {
+                    <p class="notice info" data-testid=format!("elsewhere-{}", task.as_str())>
+                        {format!(
+                            "{} {instance}. {}",
+                            lang.tr("En cours sur l'instance", "Running on instance"),
+                            lang.tr("Pour l'arrêter, passez par cette instance.", "Stop it from that instance."),
+                        )}
+                    </p>
+                });
+                let interrupted = status.interrupted.then(|| view! {
+                    <div class="notice info" data-testid=format!("interrupted-{}", task.as_str())>
+                        <p>
+                            {lang.tr(
+                                "Interrompu par un arrêt brutal du serveur. La reprise relance la tâche avec ses paramètres ; le gavage reprend ses lots au repas suivant.",
+                                "Cut short when the server stopped abruptly. Resuming starts the task again with its parameters; the gavage takes its lots up at their next meal.",
+                            )}
+                        </p>
+                        <button on:click=resume data-testid=format!("resume-{}", task.as_str())>
+                            {lang.tr("Reprendre", "Resume")}
+                        </button>
+                    </div>
+                });
                 view! {
                     <p class="counters">{counts}</p>
+                    {elsewhere}
+                    {interrupted}
                     {since.map(|since| view! { <p class="muted">{since}</p> })}
                     {status.note.map(|note| view! { <p class="muted">{note}</p> })}
                     {status.last_error.map(|failure| view! { <p class="notice error">{failure}</p> })}

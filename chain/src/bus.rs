@@ -58,11 +58,22 @@ impl EventBus {
     /// Publishes an event; having no subscriber is not an error. The buffer
     /// and the channel are fed under one lock so both see the same order.
     pub fn publish(&self, event: Event) {
+        self.publish_from(event, None);
+    }
+
+    /// Publishes an event another instance produced, named by `origin`.
+    /// The relay does not send such events back out.
+    pub fn publish_remote(&self, event: Event, origin: String) {
+        self.publish_from(event, Some(origin));
+    }
+
+    fn publish_from(&self, event: Event, origin: Option<String>) {
         let mut recent = self.recent.lock().expect("event bus lock");
         let envelope = EventEnvelope {
             id: recent.next_id,
             at: crate::time::now(),
             event,
+            origin,
         };
         recent.next_id += 1;
         if recent.events.len() == REPLAY_CAPACITY {
@@ -80,6 +91,11 @@ impl EventBus {
     pub fn position(&self) -> String {
         let recent = self.recent.lock().expect("event bus lock");
         self.format_position(recent.next_id - 1)
+    }
+
+    /// Random tag of this process, different at each start.
+    pub fn boot(&self) -> &str {
+        &self.boot
     }
 
     pub fn format_position(&self, id: u64) -> String {

@@ -245,14 +245,19 @@ struct RunningLot {
     gaveur: String,
     site: String,
     model: LotModel,
+    /// Real time at which meal number `first_meal` is due; the others
+    /// follow 12 simulated hours apart.
     started: Instant,
+    /// 0 for a new lot; for a resumed one, its first meal after the resume.
+    first_meal: u32,
     started_at: chrono::DateTime<chrono::Utc>,
 }
 
 impl RunningLot {
     /// Real time at which meal number `index` is due.
     fn due(&self, index: u32, acceleration: f64) -> Instant {
-        self.started + Duration::from_secs_f64(index as f64 * MEAL_SPACING_S / acceleration)
+        let ahead = index.saturating_sub(self.first_meal);
+        self.started + Duration::from_secs_f64(ahead as f64 * MEAL_SPACING_S / acceleration)
     }
 
     fn progress(&self, last: Option<&MealOutcome>, status: &str) -> LotProgress {
@@ -279,18 +284,39 @@ impl RunningLot {
 /// Runs one gavage run: creates `nb_lots` lots, then records their meals
 /// when each falls due, until every lot is ready for slaughter or the task
 /// is cancelled. Returns a short note on what was done.
+///
+/// With `resume`, the run already exists: its seed draws the same lots
+/// again, each stored lot replays its stored meals to get back the state
+/// it had, and the run goes on from each lot's next meal, due at once.
+/// Lots the interrupted run had not created yet are created. The meals of
+/// a resumed run are those the uninterrupted run would have recorded.
 pub async fn run(
     services: Services,
     params: GavageParams,
     run_id: String,
+    resume: bool,
     ctx: TaskContext,
 ) -> anyhow::Result<String> {
-    let seed = params.seed.unwrap_or_else(rand::random);
+    let (seed, stored_lots) = if resume {
+        let stored = services.store.gavage_run(&run_id).await?.ok_or_else(|| {
+            anyhow::anyhow!("gavage run {run_id} is not stored, nothing to resume")
+        })?;
+        anyhow::ensure!(
+            stored.nb_lots == params.nb_lots,
+            "gavage run {run_id} has {} lots, not {}",
+            stored.nb_lots,
+            params.nb_lots
+        );
+        (stored.seed, services.store.run_lots(&run_id).await?)
+    } else {
+        let seed = params.seed.unwrap_or_else(rand::random);
+        services
+            .store
+            .insert_gavage_run(&run_id, params.nb_lots, params.acceleration, seed)
+            .await?;
+        (seed, Vec::new())
+    };
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    services
-        .store
-        .insert_gavage_run(&run_id, params.nb_lots, params.acceleration, seed)
-        .await?;
 
     let gaveurs = services.store.gaveurs().await?;
     anyhow::ensure!(
@@ -313,6 +339,10 @@ pub async fn run(
         // The lot's clock starts at this real time; its meals then follow
         // 12 simulated hours apart.
         let delay = Duration::from_secs_f64(offset_s / params.acceleration);
+        if let Some(stored) = stored_lots.get(index as usize) {
+            lots.push(resumed_lot(stored, gaveur, model)?);
+            continue;
+        }
         let started_at = created_at + chrono::Duration::from_std(delay)?;
         let code_lot = services
             .store
@@ -332,6 +362,7 @@ pub async fn run(
             site: gaveur.site,
             model,
             started: created + delay,
+            first_meal: 0,
             started_at,
         };
         tracing::info!(lot.code = %lot.code_lot, run.id = %run_id, "lot created");
@@ -402,6 +433,38 @@ pub async fn run(
         }
     }
     Ok(format!("{} lots terminés", lots.len()))
+}
+
+/// Rebuilds a stored lot of a resumed run: the model the run's seed drew
+/// for it, advanced by the meals already stored, with its next meal due now.
+fn resumed_lot(
+    stored: &crate::store::StoredLot,
+    gaveur: crate::store::Gaveur,
+    mut model: LotModel,
+) -> anyhow::Result<RunningLot> {
+    anyhow::ensure!(
+        stored.gaveur_id == gaveur.id
+            && stored.genetique == model.genetique.as_str()
+            && stored.nb_canards == model.nb_canards as i64
+            && stored.duree_jours == model.duree as i64,
+        "lot {} does not match what the run's seed draws; the run cannot be resumed",
+        stored.code_lot
+    );
+    for _ in 0..stored.meals {
+        model.next_meal();
+    }
+    let started_at = chrono::DateTime::parse_from_rfc3339(&stored.started_at)
+        .map_err(|error| anyhow::anyhow!("start of lot {}: {error}", stored.code_lot))?
+        .with_timezone(&chrono::Utc);
+    Ok(RunningLot {
+        code_lot: stored.code_lot.clone(),
+        gaveur: gaveur.nom,
+        site: gaveur.site,
+        first_meal: model.meals_done(),
+        model,
+        started: Instant::now(),
+        started_at,
+    })
 }
 
 fn unfinished(lots: &[RunningLot]) -> usize {

@@ -13,6 +13,8 @@ pub mod views;
 #[cfg(feature = "server")]
 pub mod bus;
 #[cfg(feature = "server")]
+pub mod cluster;
+#[cfg(feature = "server")]
 pub mod gavage;
 #[cfg(feature = "server")]
 pub mod ingest;
@@ -24,6 +26,8 @@ pub mod meals;
 pub mod monitor;
 #[cfg(feature = "server")]
 pub mod qr;
+#[cfg(feature = "server")]
+pub mod relay;
 #[cfg(feature = "server")]
 pub mod services;
 #[cfg(feature = "server")]

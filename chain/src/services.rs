@@ -2,12 +2,14 @@
 //! the configuration the tasks need. Pages and the JSON API act through it.
 
 use crate::bus::EventBus;
+use crate::cluster::{self, TaskLock};
 use crate::monitor::ClaimedLot;
 use crate::params::{GavageParams, InvalidParam, MonitorParams, PipelineParams, SqalParams};
-use crate::store::Store;
-use crate::supervisor::{StartOutcome, Supervisor};
-use crate::views::{ChainSnapshot, Event, TaskName, TaskStatus};
+use crate::store::{Engine, Store};
+use crate::supervisor::{StartOutcome, Supervisor, TaskContext};
+use crate::views::{ChainSnapshot, Event, TaskName, TaskState, TaskStatus};
 use crate::{gavage, monitor, sqal};
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
@@ -20,8 +22,22 @@ pub struct Services {
     pub public_url: String,
     /// Lease of a lot claimed for inspection, in seconds.
     pub lease_seconds: f64,
+    /// Name of this server instance, shown to other instances on the same
+    /// PostgreSQL database.
+    pub instance: String,
     /// Sender to the running SQAL station, if any.
     station_inbox: Arc<Mutex<Option<mpsc::UnboundedSender<ClaimedLot>>>>,
+}
+
+/// Error of a start request: nothing was started.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Invalid(#[from] InvalidParam),
+    #[error("{0}")]
+    NothingToResume(String),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
 }
 
 /// Result of the one-click pipeline start.
@@ -42,46 +58,244 @@ impl Services {
             bus,
             public_url: public_url.trim_end_matches('/').to_string(),
             lease_seconds: monitor::LEASE_SECONDS,
+            instance: "local".to_string(),
             station_inbox: Arc::new(Mutex::new(None)),
         }
     }
 
-    pub fn start_gavage(&self, params: GavageParams) -> Result<StartOutcome, InvalidParam> {
+    pub async fn start_gavage(&self, params: GavageParams) -> Result<StartOutcome, StartError> {
         params.validate()?;
-        let run_id = new_run_id();
+        self.launch_gavage(params, new_run_id(), false).await
+    }
+
+    async fn launch_gavage(
+        &self,
+        params: GavageParams,
+        run_id: String,
+        resume: bool,
+    ) -> Result<StartOutcome, StartError> {
         let services = self.clone();
         let json = serde_json::to_value(&params).expect("parameters serialize");
         let id = run_id.clone();
         Ok(self
-            .supervisor
-            .start(TaskName::Gavage, json, Some(run_id), move |ctx| {
-                gavage::run(services, params, id, ctx)
-            }))
+            .start_task(TaskName::Gavage, json, Some(run_id), move |ctx| {
+                gavage::run(services, params, id, resume, ctx)
+            })
+            .await?)
     }
 
-    pub fn start_monitor(&self, params: MonitorParams) -> Result<StartOutcome, InvalidParam> {
+    pub async fn start_monitor(&self, params: MonitorParams) -> Result<StartOutcome, StartError> {
         params.validate()?;
         let services = self.clone();
         let json = serde_json::to_value(&params).expect("parameters serialize");
         Ok(self
-            .supervisor
-            .start(TaskName::Monitor, json, None, move |ctx| {
+            .start_task(TaskName::Monitor, json, None, move |ctx| {
                 monitor::run(services, params, ctx)
-            }))
+            })
+            .await?)
     }
 
-    pub fn start_sqal(&self, params: SqalParams) -> Result<StartOutcome, InvalidParam> {
+    pub async fn start_sqal(&self, params: SqalParams) -> Result<StartOutcome, StartError> {
         params.validate()?;
         let services = self.clone();
         let json = serde_json::to_value(&params).expect("parameters serialize");
         let inbox = self.station_inbox.clone();
         Ok(self
-            .supervisor
-            .start(TaskName::Sqal, json, None, move |ctx| {
+            .start_task(TaskName::Sqal, json, None, move |ctx| {
                 let (sender, receiver) = mpsc::unbounded_channel();
                 *inbox.lock().expect("station inbox lock") = Some(sender);
                 sqal::run(services, params, receiver, ctx)
+            })
+            .await?)
+    }
+
+    /// Starts a task unless it is active here or, on PostgreSQL, in another
+    /// instance. The run holds its task lock and is recorded in `task_runs`
+    /// while it lasts, so that a crash leaves it marked as interrupted.
+    async fn start_task<F, Fut>(
+        &self,
+        task: TaskName,
+        params: serde_json::Value,
+        run_id: Option<String>,
+        body: F,
+    ) -> anyhow::Result<StartOutcome>
+    where
+        F: FnOnce(TaskContext) -> Fut + Send + 'static,
+        Fut: Future<Output = anyhow::Result<String>> + Send + 'static,
+    {
+        let local = self.supervisor.local_status(task);
+        match local.state {
+            TaskState::Starting | TaskState::Running => {
+                return Ok(StartOutcome::AlreadyRunning(local))
+            }
+            TaskState::Stopping => return Ok(StartOutcome::Stopping(local)),
+            TaskState::Stopped | TaskState::Failed => {}
+        }
+        let lock = match self.store.engine() {
+            Engine::Sqlite => None,
+            Engine::Postgres => match self.lock_task(task).await? {
+                Ok(lock) => Some(lock),
+                Err(outcome) => return Ok(outcome),
+            },
+        };
+        // Recorded before the run starts, so that an instance that finds the
+        // lock taken also finds what the run is.
+        self.store
+            .task_run_started(task, &self.instance, &params, run_id.as_deref())
+            .await?;
+        let services = self.clone();
+        Ok(self
+            .supervisor
+            .start(task, params, run_id, move |ctx| async move {
+                let result = body(ctx).await;
+                let state = if result.is_ok() { "stopped" } else { "failed" };
+                if let Err(error) = services
+                    .store
+                    .task_run_ended(task, &services.instance, state)
+                    .await
+                {
+                    tracing::warn!(
+                        task = task.as_str(),
+                        error = format!("{error:#}"),
+                        "cannot record the end of a task run"
+                    );
+                }
+                if let Some(lock) = lock {
+                    lock.release().await;
+                }
+                result
             }))
+    }
+
+    /// Takes the task's lock, or returns the outcome that names the instance
+    /// running the task. A lock released between the attempt and the lookup
+    /// is tried again.
+    async fn lock_task(&self, task: TaskName) -> anyhow::Result<Result<TaskLock, StartOutcome>> {
+        for _ in 0..3 {
+            if let Some(lock) =
+                cluster::try_lock_task(self.store.pool(), task, &self.instance).await?
+            {
+                return Ok(Ok(lock));
+            }
+            let local = self.supervisor.local_status(task);
+            if local.state.is_active() {
+                // A concurrent start in this instance won.
+                return Ok(Err(StartOutcome::AlreadyRunning(local)));
+            }
+            if let Some(status) = self.remote_status(task).await? {
+                self.supervisor.set_remote(status.clone());
+                return Ok(Err(StartOutcome::Elsewhere(status)));
+            }
+        }
+        anyhow::bail!(
+            "the {} task's lock is held, but no instance shows as holding it",
+            task.as_str()
+        )
+    }
+
+    /// Another instance's run of `task`, read from its lock and its record.
+    async fn remote_status(&self, task: TaskName) -> anyhow::Result<Option<TaskStatus>> {
+        let holders = cluster::task_holders(self.store.pool(), task).await?;
+        let Some(holder) = holders
+            .into_iter()
+            .find(|holder| !cluster::same_instance(&self.instance, holder))
+        else {
+            return Ok(None);
+        };
+        // The holder records its run right after taking the lock: give that
+        // write a moment to land.
+        let mut record = None;
+        for _ in 0..20 {
+            record = self
+                .store
+                .task_runs()
+                .await?
+                .into_iter()
+                .find(|run| run.task == task && cluster::same_instance(&run.instance, &holder));
+            if record.is_some() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        Ok(Some(TaskStatus {
+            state: TaskState::Running,
+            params: record.as_ref().map(|run| run.params.clone()),
+            run_id: record.as_ref().and_then(|run| run.run_id.clone()),
+            started_at: record.map(|run| run.started_at),
+            elsewhere: Some(holder),
+            ..TaskStatus::stopped(task)
+        }))
+    }
+
+    /// Reads the last run of each task at start-up. A run recorded as
+    /// running whose instance no longer has its lock was cut short by a
+    /// crash, so its status is marked interrupted and keeps its parameters
+    /// for a resume. A run whose live instance has the lock shows as
+    /// running there.
+    pub async fn load_task_runs(&self) -> anyhow::Result<()> {
+        for run in self.store.task_runs().await? {
+            if run.state != "running" {
+                continue;
+            }
+            let live = match self.store.engine() {
+                Engine::Sqlite => false,
+                Engine::Postgres => cluster::task_holders(self.store.pool(), run.task)
+                    .await?
+                    .iter()
+                    .any(|holder| cluster::same_instance(&run.instance, holder)),
+            };
+            if live && !cluster::same_instance(&self.instance, &run.instance) {
+                self.supervisor.set_remote(TaskStatus {
+                    state: TaskState::Running,
+                    params: Some(run.params),
+                    run_id: run.run_id,
+                    started_at: Some(run.started_at),
+                    elsewhere: Some(run.instance),
+                    ..TaskStatus::stopped(run.task)
+                });
+            } else if !live {
+                tracing::warn!(task = run.task.as_str(), instance = %run.instance, "task run interrupted by a crash; it can be resumed");
+                self.supervisor
+                    .mark_interrupted(run.task, run.params, run.run_id, run.started_at);
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts again a task whose run a crash interrupted, or a gavage run
+    /// that was stopped before its lots finished, with the parameters it
+    /// had. A gavage run continues its own lots from their next meal.
+    pub async fn resume(&self, task: TaskName) -> Result<StartOutcome, StartError> {
+        let status = self.supervisor.local_status(task);
+        let resumable_gavage = task == TaskName::Gavage && status.run_id.is_some();
+        if status.state.is_active() || !(status.interrupted || resumable_gavage) {
+            return Err(StartError::NothingToResume(format!(
+                "the {} task has no interrupted run to resume",
+                task.as_str()
+            )));
+        }
+        let params = status.params.unwrap_or(serde_json::Value::Null);
+        let stored = |error: serde_json::Error| {
+            StartError::Internal(anyhow::anyhow!(
+                "stored parameters of the {} task: {error}",
+                task.as_str()
+            ))
+        };
+        match task {
+            TaskName::Gavage => {
+                let params: GavageParams = serde_json::from_value(params).map_err(stored)?;
+                let run_id = status.run_id.expect("checked above");
+                self.launch_gavage(params, run_id, true).await
+            }
+            TaskName::Monitor => {
+                self.start_monitor(serde_json::from_value(params).map_err(stored)?)
+                    .await
+            }
+            TaskName::Sqal => {
+                self.start_sqal(serde_json::from_value(params).map_err(stored)?)
+                    .await
+            }
+        }
     }
 
     pub async fn stop(&self, task: TaskName) -> TaskStatus {
@@ -92,7 +306,39 @@ impl Services {
                 .expect("station inbox lock")
                 .take();
         }
-        status
+        if status.state.is_active() {
+            status
+        } else {
+            // Another instance's run, if any, is what the page should show.
+            self.supervisor.status(task)
+        }
+    }
+
+    /// Hands a lot that another instance's monitor claimed to this
+    /// instance's station, when the station runs here.
+    pub async fn accept_remote_claim(&self, code_lot: &str) -> anyhow::Result<()> {
+        if !self
+            .supervisor
+            .local_status(TaskName::Sqal)
+            .state
+            .is_active()
+        {
+            return Ok(());
+        }
+        let Some(lot) = self.store.claimed_lot(code_lot).await? else {
+            return Ok(());
+        };
+        let sender = self
+            .station_inbox
+            .lock()
+            .expect("station inbox lock")
+            .clone();
+        if let Some(sender) = sender {
+            if sender.send(lot).is_err() {
+                tracing::warn!(lot.code = %code_lot, "SQAL station inbox closed, lot left to its lease");
+            }
+        }
+        Ok(())
     }
 
     /// Starts the whole chain for one click. A gavage run already going is
@@ -102,10 +348,15 @@ impl Services {
     pub async fn start_pipeline(
         &self,
         params: PipelineParams,
-    ) -> Result<PipelineStart, InvalidParam> {
+    ) -> Result<PipelineStart, StartError> {
         params.validate()?;
         let started_at = crate::time::now();
-        if self.supervisor.is_active(TaskName::Gavage) {
+        if self
+            .supervisor
+            .local_status(TaskName::Gavage)
+            .state
+            .is_active()
+        {
             self.stop(TaskName::Gavage).await;
         }
         // A monitor or station already running with other parameters is
@@ -121,14 +372,16 @@ impl Services {
             ),
         ];
         for (task, json) in requested {
-            let status = self.supervisor.status(task);
+            let status = self.supervisor.local_status(task);
             if status.state.is_active() && status.params.as_ref() != Some(&json) {
                 self.stop(task).await;
             }
         }
-        self.start_sqal(params.sqal)?;
-        self.start_monitor(params.monitor)?;
-        let gavage = self.start_gavage(params.gavage)?;
+        self.start_sqal(params.sqal).await?;
+        self.start_monitor(params.monitor).await?;
+        // When another instance runs the gavage, this click follows that
+        // instance's run.
+        let gavage = self.start_gavage(params.gavage).await?;
         let run_id = gavage.status().run_id.clone().unwrap_or_default();
         Ok(PipelineStart {
             run_id,
@@ -140,15 +393,30 @@ impl Services {
     /// Hands a claimed lot to the station, starting it with its last or
     /// default parameters when it is not running.
     pub async fn dispatch_to_station(&self, lot: ClaimedLot) -> anyhow::Result<()> {
-        if !self.supervisor.is_active(TaskName::Sqal) {
+        if !self
+            .supervisor
+            .local_status(TaskName::Sqal)
+            .state
+            .is_active()
+        {
             let params = self
                 .supervisor
-                .status(TaskName::Sqal)
+                .local_status(TaskName::Sqal)
                 .params
                 .and_then(|json| serde_json::from_value::<SqalParams>(json).ok())
                 .unwrap_or_default();
             tracing::info!(device_id = %params.device_id, "starting the SQAL station for a claimed lot");
-            self.start_sqal(params)?;
+            match self.start_sqal(params).await {
+                Ok(StartOutcome::Elsewhere(status)) => {
+                    // The station of that instance receives the claim
+                    // through the relay (the `LotClaimed` event).
+                    tracing::debug!(lot.code = %lot.code_lot, instance = ?status.elsewhere, "claimed lot left to the station of another instance");
+                    return Ok(());
+                }
+                Ok(_) => {}
+                Err(StartError::Internal(error)) => return Err(error),
+                Err(refused) => anyhow::bail!("cannot start the SQAL station: {refused}"),
+            }
         }
         let sender = self
             .station_inbox

@@ -10,7 +10,7 @@ use crate::params::InvalidParam;
 use crate::sqal::{Analysis, Measurement};
 use crate::views::{
     GradeCounts, GradedSample, IntegrityProof, IntegrityStatus, LotProgress, LotView, MealPoint,
-    ProductView, ProofEvent, SampleDetails, SampleView, TraceView,
+    ProductView, ProofEvent, SampleDetails, SampleView, TaskName, TraceView,
 };
 use anyhow::Context;
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -1189,5 +1189,189 @@ impl Store {
         .fetch_one(&self.read)
         .await?;
         Ok((row.try_get("pending")?, row.try_get("inspecting")?))
+    }
+}
+
+/// The stored record of a task's last run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskRun {
+    pub task: TaskName,
+    /// `running`, `stopped` or `failed`.
+    pub state: String,
+    pub instance: String,
+    pub params: serde_json::Value,
+    pub run_id: Option<String>,
+    pub started_at: String,
+}
+
+/// A stored lot of a gavage run, as a resumed run needs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredLot {
+    pub code_lot: String,
+    pub gaveur_id: i64,
+    pub genetique: String,
+    pub nb_canards: i64,
+    pub duree_jours: i64,
+    pub started_at: String,
+    pub meals: i64,
+}
+
+/// What a gavage run was started with.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StoredRun {
+    pub nb_lots: u32,
+    pub acceleration: f64,
+    pub seed: u64,
+}
+
+impl Store {
+    /// The pool that task locks take their connections from.
+    pub fn pool(&self) -> &AnyPool {
+        &self.write
+    }
+
+    /// Records that `instance` now runs `task` with these parameters.
+    pub async fn task_run_started(
+        &self,
+        task: TaskName,
+        instance: &str,
+        params: &serde_json::Value,
+        run_id: Option<&str>,
+    ) -> anyhow::Result<()> {
+        let now = crate::time::now();
+        sqlx::query(
+            "INSERT INTO task_runs (task, state, instance, params, run_id, started_at, updated_at) \
+             VALUES ($1, 'running', $2, $3, $4, $5, $5) \
+             ON CONFLICT (task) DO UPDATE SET state = 'running', instance = excluded.instance, \
+             params = excluded.params, run_id = excluded.run_id, \
+             started_at = excluded.started_at, updated_at = excluded.updated_at",
+        )
+        .bind(task.as_str())
+        .bind(instance)
+        .bind(params.to_string())
+        .bind(run_id.map(str::to_string))
+        .bind(&now)
+        .execute(&self.write)
+        .await
+        .with_context(|| format!("record the start of the {} task", task.as_str()))?;
+        Ok(())
+    }
+
+    /// Records how the run of `task` by `instance` ended (`stopped` or
+    /// `failed`), unless another instance's run has replaced it since.
+    pub async fn task_run_ended(
+        &self,
+        task: TaskName,
+        instance: &str,
+        state: &str,
+    ) -> anyhow::Result<()> {
+        sqlx::query(
+            "UPDATE task_runs SET state = $1, updated_at = $2 \
+             WHERE task = $3 AND instance = $4 AND state = 'running'",
+        )
+        .bind(state)
+        .bind(crate::time::now())
+        .bind(task.as_str())
+        .bind(instance)
+        .execute(&self.write)
+        .await
+        .with_context(|| format!("record the end of the {} task", task.as_str()))?;
+        Ok(())
+    }
+
+    /// The last run of each task that has run on this database.
+    pub async fn task_runs(&self) -> anyhow::Result<Vec<TaskRun>> {
+        let rows = sqlx::query(
+            "SELECT task, state, instance, params, run_id, started_at FROM task_runs ORDER BY task",
+        )
+        .fetch_all(&self.read)
+        .await
+        .context("read the task runs")?;
+        let mut runs = Vec::with_capacity(rows.len());
+        for row in rows {
+            let name: String = row.try_get("task")?;
+            let Some(task) = TaskName::parse(&name) else {
+                tracing::warn!(task = %name, "unknown task in task_runs, ignored");
+                continue;
+            };
+            let params: String = row.try_get("params")?;
+            runs.push(TaskRun {
+                task,
+                state: row.try_get("state")?,
+                instance: row.try_get("instance")?,
+                params: serde_json::from_str(&params).context("stored task parameters")?,
+                run_id: row.try_get("run_id")?,
+                started_at: row.try_get("started_at")?,
+            });
+        }
+        Ok(runs)
+    }
+
+    pub async fn gavage_run(&self, run_id: &str) -> anyhow::Result<Option<StoredRun>> {
+        let row =
+            sqlx::query("SELECT nb_lots, acceleration, seed FROM gavage_runs WHERE run_id = $1")
+                .bind(run_id)
+                .fetch_optional(&self.read)
+                .await
+                .with_context(|| format!("read gavage run {run_id}"))?;
+        row.map(|row| {
+            Ok(StoredRun {
+                nb_lots: u32::try_from(row.try_get::<i64, _>("nb_lots")?)?,
+                acceleration: row.try_get("acceleration")?,
+                seed: row.try_get::<i64, _>("seed")? as u64,
+            })
+        })
+        .transpose()
+    }
+
+    /// The lots of a run in the order they were created (the order of
+    /// their first chain event), each with its number of stored meals.
+    pub async fn run_lots(&self, run_id: &str) -> anyhow::Result<Vec<StoredLot>> {
+        let rows = sqlx::query(
+            "SELECT l.code_lot, l.gaveur_id, l.genetique, l.nb_canards, l.duree_jours, l.started_at, \
+             (SELECT COUNT(*) FROM meals m WHERE m.code_lot = l.code_lot) AS meals \
+             FROM lots l JOIN trace_events e ON e.code_lot = l.code_lot AND e.seq = 1 \
+             WHERE l.run_id = $1 ORDER BY e.id",
+        )
+        .bind(run_id)
+        .fetch_all(&self.read)
+        .await
+        .with_context(|| format!("read the lots of run {run_id}"))?;
+        rows.iter()
+            .map(|row| {
+                Ok(StoredLot {
+                    code_lot: row.try_get("code_lot")?,
+                    gaveur_id: row.try_get("gaveur_id")?,
+                    genetique: row.try_get("genetique")?,
+                    nb_canards: row.try_get("nb_canards")?,
+                    duree_jours: row.try_get("duree_jours")?,
+                    started_at: row.try_get("started_at")?,
+                    meals: row.try_get("meals")?,
+                })
+            })
+            .collect()
+    }
+
+    /// A lot another instance's monitor claimed, if it is still being
+    /// inspected, with what the station needs.
+    pub async fn claimed_lot(&self, code_lot: &str) -> anyhow::Result<Option<ClaimedLot>> {
+        let row = sqlx::query(
+            "SELECT q.code_lot, l.run_id, q.poids_moyen_final, q.attempts \
+             FROM sqal_pending_lots q JOIN lots l ON l.code_lot = q.code_lot \
+             WHERE q.code_lot = $1 AND q.status = 'inspecting'",
+        )
+        .bind(code_lot)
+        .fetch_optional(&self.read)
+        .await
+        .with_context(|| format!("read the claim of lot {code_lot}"))?;
+        row.map(|row| {
+            Ok(ClaimedLot {
+                code_lot: row.try_get("code_lot")?,
+                run_id: row.try_get("run_id")?,
+                poids_moyen_final: row.try_get("poids_moyen_final")?,
+                attempts: row.try_get("attempts")?,
+            })
+        })
+        .transpose()
     }
 }

@@ -22,6 +22,9 @@ pub enum StartOutcome {
     AlreadyRunning(TaskStatus),
     /// The task is stopping; start it again once it has stopped.
     Stopping(TaskStatus),
+    /// Another instance on the same database runs the task; the status is
+    /// that instance's run, with `elsewhere` naming it.
+    Elsewhere(TaskStatus),
 }
 
 impl StartOutcome {
@@ -29,7 +32,8 @@ impl StartOutcome {
         match self {
             StartOutcome::Started(status)
             | StartOutcome::AlreadyRunning(status)
-            | StartOutcome::Stopping(status) => status,
+            | StartOutcome::Stopping(status)
+            | StartOutcome::Elsewhere(status) => status,
         }
     }
 }
@@ -43,6 +47,9 @@ struct Slot {
     generation: u64,
     /// When counters were last published.
     counters_published: Option<std::time::Instant>,
+    /// A run of the task in another instance, shown while this instance's
+    /// own run is not active.
+    remote: Option<TaskStatus>,
 }
 
 #[derive(Clone)]
@@ -97,6 +104,7 @@ impl Supervisor {
                     handle: None,
                     generation: 0,
                     counters_published: None,
+                    remote: None,
                 };
                 (task, slot)
             })
@@ -107,10 +115,56 @@ impl Supervisor {
         }
     }
 
+    /// The task's status as the pages show it: this instance's run when it
+    /// is active, else another instance's run when one is known.
     pub fn status(&self, task: TaskName) -> TaskStatus {
+        let slots = self.slots.lock().expect("supervisor lock");
+        let slot = &slots[&task];
+        match &slot.remote {
+            Some(remote) if !slot.status.state.is_active() => remote.clone(),
+            _ => slot.status.clone(),
+        }
+    }
+
+    /// This instance's own run of the task, active or not.
+    pub fn local_status(&self, task: TaskName) -> TaskStatus {
         self.slots.lock().expect("supervisor lock")[&task]
             .status
             .clone()
+    }
+
+    /// Records what another instance's run of a task is doing. Returns
+    /// whether pages should see it, that is whether this instance's own run
+    /// is inactive.
+    pub fn set_remote(&self, status: TaskStatus) -> bool {
+        let mut slots = self.slots.lock().expect("supervisor lock");
+        let slot = slots.get_mut(&status.task).expect("every task has a slot");
+        let shown = !slot.status.state.is_active();
+        slot.remote = status.state.is_active().then_some(status);
+        shown
+    }
+
+    /// Marks the task's last run as cut short by a crash, with the
+    /// parameters it had, unless the task has run since this process started.
+    pub fn mark_interrupted(
+        &self,
+        task: TaskName,
+        params: serde_json::Value,
+        run_id: Option<String>,
+        started_at: String,
+    ) {
+        let mut slots = self.slots.lock().expect("supervisor lock");
+        let slot = slots.get_mut(&task).expect("every task has a slot");
+        if slot.generation != 0 {
+            return;
+        }
+        slot.status = TaskStatus {
+            params: Some(params),
+            run_id,
+            started_at: Some(started_at),
+            interrupted: true,
+            ..TaskStatus::stopped(task)
+        };
     }
 
     pub fn statuses(&self) -> Vec<TaskStatus> {
@@ -160,6 +214,8 @@ impl Supervisor {
             counters: TaskCounters::default(),
             note: None,
             last_error: None,
+            elsewhere: None,
+            interrupted: false,
         };
         slot.counters_published = None;
         let ctx = TaskContext {

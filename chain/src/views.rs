@@ -80,6 +80,14 @@ pub struct TaskStatus {
     /// Short note on how the last run ended, such as "3 lots terminés".
     pub note: Option<String>,
     pub last_error: Option<String>,
+    /// Name of the server instance that runs the task, when it is not the
+    /// instance answering (several instances on one PostgreSQL database).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub elsewhere: Option<String>,
+    /// The last run was cut short by a crash; `params` and `run_id` are the
+    /// ones it had, and the page offers to resume it.
+    #[serde(default)]
+    pub interrupted: bool,
 }
 
 impl TaskStatus {
@@ -93,6 +101,8 @@ impl TaskStatus {
             counters: TaskCounters::default(),
             note: None,
             last_error: None,
+            elsewhere: None,
+            interrupted: false,
         }
     }
 }
@@ -457,4 +467,8 @@ pub struct EventEnvelope {
     pub id: u64,
     pub at: String,
     pub event: Event,
+    /// Instance that produced the event, when it is another instance on
+    /// the same PostgreSQL database.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
 }

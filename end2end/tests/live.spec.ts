@@ -95,3 +95,32 @@ test("demo page follows a run live and survives a server restart", async ({ page
   await expect(page.getByTestId("qr-code")).toBeVisible({ timeout: 60_000 });
   await expect(page.getByTestId("grade-counts")).toBeVisible();
 });
+
+test("a gavage run cut by a crash resumes from the page", async ({ page, request }) => {
+  // One meal every 0.22 s: the kill lands in the middle of the run.
+  const started = await request.post(`${base}/api/control/gavage/start`, {
+    data: { nb_lots: 2, acceleration: 200000 },
+  });
+  expect(started.ok()).toBeTruthy();
+  const runId = (await started.json()).status.run_id;
+  await new Promise((resolve) => setTimeout(resolve, 1500));
+  const killed = new Promise((resolve) => server.once("exit", resolve));
+  server.kill("SIGKILL");
+  await killed;
+
+  server = startServer();
+  await waitHealthy();
+  await page.goto(`${base}/e2e-demo`);
+  const card = page.locator('[data-task="gavage"]');
+  await expect(page.getByTestId("interrupted-gavage")).toContainText("arrêt brutal");
+  await expect(page.getByTestId("state-gavage")).toHaveText("arrêté");
+
+  await page.getByTestId("resume-gavage").click();
+  await expect(page.getByTestId("interrupted-gavage")).toHaveCount(0);
+  // The resumed run is the same one, and it finishes its lots.
+  await expect(page.getByTestId("state-gavage")).toHaveText("arrêté", { timeout: 30_000 });
+  await expect(card).toContainText("2 lots terminés");
+  const status = await (await request.get(`${base}/api/control/status`)).json();
+  const gavage = status.tasks.find((task: { task: string }) => task.task === "gavage");
+  expect(gavage.run_id).toBe(runId);
+});

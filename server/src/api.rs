@@ -10,6 +10,7 @@ use axum::Json;
 use chain::ingest::{IngestError, SamplePayload};
 use chain::meals::{MealError, MealPayload};
 use chain::params::{GavageParams, InvalidParam, MonitorParams, PipelineParams, SqalParams};
+use chain::services::StartError;
 use chain::supervisor::StartOutcome;
 use chain::views::TaskName;
 use serde::de::DeserializeOwned;
@@ -30,6 +31,16 @@ pub enum ApiError {
 impl From<InvalidParam> for ApiError {
     fn from(invalid: InvalidParam) -> Self {
         ApiError::InvalidParam(invalid)
+    }
+}
+
+impl From<StartError> for ApiError {
+    fn from(error: StartError) -> Self {
+        match error {
+            StartError::Invalid(invalid) => ApiError::InvalidParam(invalid),
+            StartError::NothingToResume(message) => ApiError::Conflict(message),
+            StartError::Internal(error) => ApiError::Internal(error),
+        }
     }
 }
 
@@ -95,14 +106,24 @@ fn parse_task(task: &str) -> Result<TaskName, ApiError> {
 
 fn start_answer(outcome: StartOutcome) -> Response {
     let (status, started, message) = match &outcome {
-        StartOutcome::Started(_) => (StatusCode::OK, true, "started"),
-        StartOutcome::AlreadyRunning(_) => {
-            (StatusCode::OK, false, "already running: nothing changed")
-        }
+        StartOutcome::Started(_) => (StatusCode::OK, true, "started".to_string()),
+        StartOutcome::AlreadyRunning(_) => (
+            StatusCode::OK,
+            false,
+            "already running: nothing changed".to_string(),
+        ),
         StartOutcome::Stopping(_) => (
             StatusCode::CONFLICT,
             false,
-            "stopping: start it again once it has stopped",
+            "stopping: start it again once it has stopped".to_string(),
+        ),
+        StartOutcome::Elsewhere(status) => (
+            StatusCode::OK,
+            false,
+            format!(
+                "already running on instance {}: nothing changed",
+                status.elsewhere.as_deref().unwrap_or("?")
+            ),
         ),
     };
     (
@@ -119,10 +140,31 @@ pub async fn start_task(
 ) -> Result<Response, ApiError> {
     let services = &state.services;
     let outcome = match parse_task(&task)? {
-        TaskName::Gavage => services.start_gavage(parse_body::<GavageParams>(&body)?)?,
-        TaskName::Monitor => services.start_monitor(parse_body::<MonitorParams>(&body)?)?,
-        TaskName::Sqal => services.start_sqal(parse_body::<SqalParams>(&body)?)?,
+        TaskName::Gavage => {
+            services
+                .start_gavage(parse_body::<GavageParams>(&body)?)
+                .await?
+        }
+        TaskName::Monitor => {
+            services
+                .start_monitor(parse_body::<MonitorParams>(&body)?)
+                .await?
+        }
+        TaskName::Sqal => {
+            services
+                .start_sqal(parse_body::<SqalParams>(&body)?)
+                .await?
+        }
     };
+    Ok(start_answer(outcome))
+}
+
+/// Starts again a task a crash interrupted, with the parameters it had.
+pub async fn resume_task(
+    State(state): State<AppState>,
+    Path(task): Path<String>,
+) -> Result<Response, ApiError> {
+    let outcome = state.services.resume(parse_task(&task)?).await?;
     Ok(start_answer(outcome))
 }
 

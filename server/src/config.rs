@@ -18,8 +18,14 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// Lease of a lot claimed for inspection, in seconds.
     pub lease_seconds: f64,
+    /// Name other instances on the same database show for this one; `None`
+    /// means `<host name>:<port>`.
+    pub instance: Option<String>,
     pub leptos: LeptosOptions,
 }
+
+/// Longest instance name `FILIERE_INSTANCE` accepts, in characters.
+pub const INSTANCE_MAX_CHARS: usize = 40;
 
 fn var(name: &str) -> Option<String> {
     std::env::var(name)
@@ -29,7 +35,8 @@ fn var(name: &str) -> Option<String> {
 
 impl Config {
     /// Reads `DATABASE_URL`, `FILIERE_BIND` (or `LEPTOS_SITE_ADDR`, which
-    /// cargo-leptos sets), `PUBLIC_URL`, `FILIERE_ADMIN_TOKEN` and `FILIERE_LEASE_SECONDS`.
+    /// cargo-leptos sets), `PUBLIC_URL`, `FILIERE_ADMIN_TOKEN`,
+    /// `FILIERE_LEASE_SECONDS` and `FILIERE_INSTANCE`.
     pub fn from_env() -> anyhow::Result<Config> {
         let leptos = match leptos::config::get_configuration(None) {
             Ok(configuration) => configuration.leptos_options,
@@ -84,12 +91,17 @@ impl Config {
             },
             None => chain::monitor::LEASE_SECONDS,
         };
+        let instance = var("FILIERE_INSTANCE");
+        if let Some(name) = &instance {
+            check_instance(name)?;
+        }
         Ok(Config {
             database_url,
             bind,
             public_url,
             admin_token,
             lease_seconds,
+            instance,
             leptos,
         })
     }
@@ -102,6 +114,7 @@ impl Config {
             public_url: "http://127.0.0.1".to_string(),
             admin_token: None,
             lease_seconds: chain::monitor::LEASE_SECONDS,
+            instance: None,
             leptos: default_leptos_options(),
         }
     }
@@ -113,4 +126,44 @@ fn default_leptos_options() -> LeptosOptions {
         .site_root("target/site")
         .site_pkg_dir("pkg")
         .build()
+}
+
+/// Checks a `FILIERE_INSTANCE` value: 1 to 40 characters, none of them a
+/// control character.
+fn check_instance(name: &str) -> anyhow::Result<()> {
+    let usable = (1..=INSTANCE_MAX_CHARS).contains(&name.chars().count())
+        && name.chars().all(|c| !c.is_control());
+    if !usable {
+        anyhow::bail!(
+            "FILIERE_INSTANCE must be 1 to {INSTANCE_MAX_CHARS} characters without control characters, got {name:?}"
+        );
+    }
+    Ok(())
+}
+
+/// The machine's host name, or `localhost` when it cannot be read.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instance_names_at_and_past_the_limit() {
+        assert!(check_instance(&"é".repeat(INSTANCE_MAX_CHARS)).is_ok());
+        assert!(check_instance("a").is_ok());
+        let too_long = check_instance(&"é".repeat(INSTANCE_MAX_CHARS + 1)).unwrap_err();
+        assert!(
+            too_long.to_string().contains("FILIERE_INSTANCE"),
+            "{too_long}"
+        );
+        assert!(check_instance("a\nb").is_err(), "a newline is refused");
+        assert!(check_instance("").is_err(), "an empty name is refused");
+    }
 }

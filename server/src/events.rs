@@ -67,6 +67,7 @@ pub async fn stream(
                     event: Event::Snapshot {
                         snapshot: Box::new(snapshot),
                     },
+                    origin: None,
                 };
                 replayed_up_to = envelope.id;
                 first.push(to_sse(&state, &envelope));

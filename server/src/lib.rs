@@ -12,7 +12,7 @@ use axum::extract::FromRef;
 use axum::routing::{get, post};
 use axum::Router;
 use chain::services::Services;
-use chain::store::Store;
+use chain::store::{Engine, Store};
 use config::Config;
 use leptos::config::LeptosOptions;
 use leptos::prelude::provide_context;
@@ -60,18 +60,32 @@ pub async fn build(config: Config) -> anyhow::Result<Application> {
         );
     }
     let store = Store::connect(&config.database_url).await?;
-    let mut services = Services::new(store, &config.public_url);
-    services.lease_seconds = config.lease_seconds;
-    let state = AppState {
-        leptos: config.leptos.clone(),
-        services,
-        shutdown: CancellationToken::new(),
-        guard: guard::Guard::new(config.admin_token.clone(), &config.public_url),
-    };
-    let router = router(state.clone());
     let listener = TcpListener::bind(config.bind)
         .await
         .with_context(|| format!("cannot listen on {}", config.bind))?;
+    let port = listener.local_addr()?.port();
+    let mut services = Services::new(store, &config.public_url);
+    services.lease_seconds = config.lease_seconds;
+    services.instance = config
+        .instance
+        .clone()
+        .unwrap_or_else(|| format!("{}:{port}", config::host_name()));
+    services.load_task_runs().await?;
+    let shutdown = CancellationToken::new();
+    if services.store.engine() == Engine::Postgres {
+        chain::relay::start(
+            services.clone(),
+            config.database_url.clone(),
+            shutdown.clone(),
+        );
+    }
+    let state = AppState {
+        leptos: config.leptos.clone(),
+        services,
+        shutdown,
+        guard: guard::Guard::new(config.admin_token.clone(), &config.public_url),
+    };
+    let router = router(state.clone());
     Ok(Application {
         listener,
         router,
@@ -92,6 +106,7 @@ fn router(state: AppState) -> Router {
         .route("/api/control/pipeline/start", post(api::start_pipeline))
         .route("/api/control/{task}/start", post(api::start_task))
         .route("/api/control/{task}/stop", post(api::stop_task))
+        .route("/api/control/{task}/resume", post(api::resume_task))
         .route("/api/consumer/latest-product", get(api::latest_product))
         .route("/api/consumer/products", get(api::products))
         .route("/api/sqal/samples", post(api::ingest_sample))

@@ -5,74 +5,13 @@
 //! every finished lot is in the inspection queue. Restarted with a short
 //! lease, the server then inspects every lot a kill left behind.
 
-use serde_json::Value;
+mod common;
+
+use common::{FreshPostgres, Server};
 use std::collections::BTreeSet;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const KILLS_PER_ENGINE: u32 = 10;
-const DEFAULT_POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/test";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("a free loopback port")
-}
-
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Server {
-    /// Starts the server with a one-second lease, so that lots a kill
-    /// leaves `inspecting` come back quickly.
-    async fn start(database_url: &str) -> Server {
-        Server::start_with_lease(database_url, "1").await
-    }
-
-    async fn start_with_lease(database_url: &str, lease_seconds: &str) -> Server {
-        let port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_filiere"))
-            .env("DATABASE_URL", database_url)
-            .env("FILIERE_LEASE_SECONDS", lease_seconds)
-            .env("FILIERE_BIND", format!("127.0.0.1:{port}"))
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("server starts");
-        let base = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while reqwest::get(format!("{base}/health")).await.is_err() {
-            assert!(Instant::now() < deadline, "server not healthy after 20 s");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Server { child, base }
-    }
-
-    async fn json(&self, path: &str) -> Value {
-        reqwest::get(format!("{}{path}", self.base))
-            .await
-            .expect("request sent")
-            .json()
-            .await
-            .expect("JSON answer")
-    }
-
-    fn kill(mut self) {
-        self.child.kill().expect("SIGKILL sent");
-        self.child.wait().expect("server reaped");
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Tokens of every product the server lists (the newest 100).
 async fn listed_tokens(server: &Server) -> BTreeSet<String> {
@@ -206,28 +145,166 @@ async fn sigkill_on_sqlite_loses_nothing() {
 
 #[tokio::test]
 async fn sigkill_on_postgres_loses_nothing() {
-    sqlx::any::install_default_drivers();
-    let admin_url =
-        std::env::var("FILIERE_TEST_POSTGRES").unwrap_or_else(|_| DEFAULT_POSTGRES.to_string());
-    let name = format!(
-        "filiere_crash_{}_{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_micros()
+    let database = FreshPostgres::create("crash").await;
+    kill_and_restart(&database.url, "postgres").await;
+    database.drop_database().await;
+}
+
+/// Reads the meals of each lot of the newest gavage run, lots in creation
+/// order, without their times, which is what a run's seed decides.
+async fn meals_by_lot(database_url: &str) -> Vec<Vec<String>> {
+    let pool = sqlx::AnyPool::connect(database_url)
+        .await
+        .expect("database opens");
+    let lots = sqlx::query(
+        "SELECT l.code_lot FROM lots l JOIN trace_events e ON e.code_lot = l.code_lot AND e.seq = 1 \
+         WHERE l.run_id = (SELECT run_id FROM gavage_runs ORDER BY started_at DESC LIMIT 1) \
+         ORDER BY e.id",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("lots of the run");
+    let mut meals = Vec::new();
+    for lot in lots {
+        let code_lot: String = sqlx::Row::get(&lot, "code_lot");
+        let rows = sqlx::query(
+            "SELECT jour, moment, dose_reelle, poids_moyen, nb_canards_vivants, temperature \
+             FROM meals WHERE code_lot = $1 ORDER BY id",
+        )
+        .bind(&code_lot)
+        .fetch_all(&pool)
+        .await
+        .expect("meals of a lot");
+        meals.push(
+            rows.iter()
+                .map(|row| {
+                    format!(
+                        "{} {} {} {} {} {}",
+                        sqlx::Row::get::<i64, _>(row, "jour"),
+                        sqlx::Row::get::<String, _>(row, "moment"),
+                        sqlx::Row::get::<f64, _>(row, "dose_reelle"),
+                        sqlx::Row::get::<f64, _>(row, "poids_moyen"),
+                        sqlx::Row::get::<i64, _>(row, "nb_canards_vivants"),
+                        sqlx::Row::get::<f64, _>(row, "temperature"),
+                    )
+                })
+                .collect(),
+        );
+    }
+    pool.close().await;
+    meals
+}
+
+/// Waits until the gavage task is no longer running and returns its status.
+async fn gavage_finished(server: &Server, what: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let gavage = server.task("gavage").await;
+        if gavage["state"] != "running" {
+            return gavage;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: gavage still running after 60 s: {gavage}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Checks that a gavage run killed halfway shows as interrupted after the
+/// restart, and that a resume continues it from each lot's next meal. The
+/// finished run's meals must be those of the same seed run without a kill.
+async fn resume_after_kill(database_url: &str, engine: &str) {
+    let seed = 20261205u64;
+    let reference_dir = tempfile::tempdir().unwrap();
+    let reference_url = format!("sqlite://{}", reference_dir.path().join("ref.db").display());
+    let reference = Server::start(&reference_url).await;
+    let (status, _) = reference
+        .post(
+            "/api/control/gavage/start",
+            serde_json::json!({ "nb_lots": 3, "acceleration": 5000000, "seed": seed }),
+        )
+        .await;
+    assert_eq!(status, 200, "{engine}: reference run starts");
+    gavage_finished(&reference, "reference").await;
+    reference.kill();
+    let expected = meals_by_lot(&reference_url).await;
+    assert_eq!(expected.len(), 3, "{engine}: reference run has 3 lots");
+
+    let server = Server::start(database_url).await;
+    let (status, started) = server
+        .post(
+            "/api/control/gavage/start",
+            serde_json::json!({ "nb_lots": 3, "acceleration": 300000, "seed": seed }),
+        )
+        .await;
+    assert_eq!(status, 200, "{engine}: run starts: {started}");
+    let run_id = started["status"]["run_id"]
+        .as_str()
+        .expect("a run id")
+        .to_string();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    server.kill();
+
+    let partial = meals_by_lot(database_url).await;
+    let stored: usize = partial.iter().map(Vec::len).sum();
+    let total: usize = expected.iter().map(Vec::len).sum();
+    assert!(
+        stored > 0 && stored < total,
+        "{engine}: the kill should cut the run halfway, it stored {stored} of {total} meals"
     );
-    let mut admin = <sqlx::AnyConnection as sqlx::Connection>::connect(&admin_url)
-        .await
-        .unwrap_or_else(|error| panic!("PostgreSQL at {admin_url} is needed: {error}"));
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut admin)
-        .await
-        .expect("create test database");
-    let (server_part, _) = admin_url.rsplit_once('/').expect("a database in the URL");
-    kill_and_restart(&format!("{server_part}/{name}"), "postgres").await;
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&mut admin)
-        .await
-        .expect("drop test database");
+
+    let server = Server::start(database_url).await;
+    let gavage = server.task("gavage").await;
+    assert_eq!(gavage["interrupted"], true, "{engine}: {gavage}");
+    assert_eq!(gavage["run_id"], run_id.as_str(), "{engine}: {gavage}");
+    let monitor = server.task("monitor").await;
+    assert_eq!(
+        monitor["interrupted"], false,
+        "{engine}: monitor never ran: {monitor}"
+    );
+    let (status, refused) = server
+        .post("/api/control/monitor/resume", serde_json::json!({}))
+        .await;
+    assert_eq!(status, 409, "{engine}: nothing to resume: {refused}");
+
+    let (status, resumed) = server
+        .post("/api/control/gavage/resume", serde_json::json!({}))
+        .await;
+    assert_eq!(status, 200, "{engine}: resume: {resumed}");
+    assert_eq!(resumed["started"], true, "{engine}: {resumed}");
+    assert_eq!(
+        resumed["status"]["run_id"],
+        run_id.as_str(),
+        "{engine}: {resumed}"
+    );
+    let gavage = gavage_finished(&server, engine).await;
+    assert_eq!(gavage["state"], "stopped", "{engine}: {gavage}");
+    assert_eq!(gavage["interrupted"], false, "{engine}: {gavage}");
+
+    let resumed_meals = meals_by_lot(database_url).await;
+    for (index, (got, want)) in resumed_meals.iter().zip(&expected).enumerate() {
+        assert_eq!(got, want, "{engine}: meals of lot {index} after the resume");
+    }
+    assert_eq!(
+        resumed_meals.len(),
+        expected.len(),
+        "{engine}: lots of the resumed run"
+    );
+    server.kill();
+}
+
+#[tokio::test]
+async fn interrupted_gavage_resumes_on_sqlite() {
+    sqlx::any::install_default_drivers();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("resume.db").display());
+    resume_after_kill(&url, "sqlite").await;
+}
+
+#[tokio::test]
+async fn interrupted_gavage_resumes_on_postgres() {
+    let database = FreshPostgres::create("resume").await;
+    resume_after_kill(&database.url, "postgres").await;
+    database.drop_database().await;
 }
