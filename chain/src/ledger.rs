@@ -104,13 +104,21 @@ pub fn product_created(
     })
 }
 
-/// Appends an event to the lot's chain, on the caller's transaction.
+/// Last event of a lot's chain, as the next append needs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Head {
+    pub seq: i64,
+    pub hash: String,
+}
+
+/// Appends an event to the lot's chain, on the caller's transaction, and
+/// returns the new head.
 pub async fn append(
     connection: &mut sqlx::AnyConnection,
     code_lot: &str,
     kind: &str,
     payload: &Value,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Head> {
     if connection.backend_name() == "PostgreSQL" {
         // Two instances may write to one lot at once (a lease that expired
         // mid-inspection, for instance): the lock makes the second append
@@ -131,12 +139,32 @@ pub async fn append(
     .fetch_optional(&mut *connection)
     .await
     .with_context(|| format!("read the chain head of lot {code_lot}"))?;
-    let (seq, prev_hash) = match last {
-        Some(row) => (row.try_get::<i64, _>("seq")? + 1, row.try_get("hash")?),
-        None => (1, GENESIS_HASH.to_string()),
+    let head = match last {
+        Some(row) => Head {
+            seq: row.try_get("seq")?,
+            hash: row.try_get("hash")?,
+        },
+        None => Head {
+            seq: 0,
+            hash: GENESIS_HASH.to_string(),
+        },
     };
+    append_after(connection, code_lot, kind, payload, &head).await
+}
+
+/// Appends an event after `head`, which an earlier append of the same
+/// transaction returned: the transaction already holds the lot's chain, so
+/// neither the lock nor the head is read again.
+pub async fn append_after(
+    connection: &mut sqlx::AnyConnection,
+    code_lot: &str,
+    kind: &str,
+    payload: &Value,
+    head: &Head,
+) -> anyhow::Result<Head> {
+    let seq = head.seq + 1;
     let payload = payload.to_string();
-    let hash = event_hash(code_lot, seq, kind, &prev_hash, &payload);
+    let hash = event_hash(code_lot, seq, kind, &head.hash, &payload);
     sqlx::query(
         "INSERT INTO trace_events (code_lot, seq, kind, payload, prev_hash, hash, recorded_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -145,13 +173,13 @@ pub async fn append(
     .bind(seq)
     .bind(kind)
     .bind(&payload)
-    .bind(&prev_hash)
+    .bind(&head.hash)
     .bind(&hash)
     .bind(crate::time::now())
     .execute(&mut *connection)
     .await
     .with_context(|| format!("append {kind} to the chain of lot {code_lot}"))?;
-    Ok(())
+    Ok(Head { seq, hash })
 }
 
 #[cfg(test)]

@@ -601,7 +601,7 @@ impl Store {
             analysis.tof_score,
             analysis.as7341_score,
         );
-        ledger::append(&mut tx, sample.code_lot, ledger::SAMPLE_GRADED, &event).await?;
+        let head = ledger::append(&mut tx, sample.code_lot, ledger::SAMPLE_GRADED, &event).await?;
         let Some(grade) = analysis.grade.filter(|grade| grade.is_compliant()) else {
             tx.commit().await?;
             return Ok(SampleOutcome {
@@ -655,7 +655,14 @@ impl Store {
             analysis.final_score,
             &now,
         );
-        ledger::append(&mut tx, sample.code_lot, ledger::PRODUCT_CREATED, &event).await?;
+        ledger::append_after(
+            &mut tx,
+            sample.code_lot,
+            ledger::PRODUCT_CREATED,
+            &event,
+            &head,
+        )
+        .await?;
         tx.commit().await?;
 
         Ok(SampleOutcome {
