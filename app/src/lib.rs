@@ -11,6 +11,9 @@ pub mod scan;
 pub mod trace;
 
 use i18n::Lang;
+
+/// Response header naming the lot of a rendered trace page.
+pub const LOT_HEADER: &str = "x-filiere-lot";
 use leptos::prelude::*;
 use leptos_meta::{provide_meta_context, MetaTags, Stylesheet, Title};
 use leptos_router::components::{Route, Router, Routes, A};

@@ -98,6 +98,14 @@ fn ProductNotFound() -> impl IntoView {
 #[component]
 fn TraceDetails(view: TraceView) -> impl IntoView {
     let lang = use_lang();
+    // Names the page's lot for the server's page cache, which drops the
+    // page when an event touches that lot.
+    #[cfg(feature = "ssr")]
+    if let Some(response) = use_context::<leptos_axum::ResponseOptions>() {
+        if let Ok(value) = http::HeaderValue::from_str(&view.product.code_lot) {
+            response.insert_header(http::HeaderName::from_static(crate::LOT_HEADER), value);
+        }
+    }
     let TraceView {
         product,
         lot,

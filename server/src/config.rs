@@ -21,6 +21,9 @@ pub struct Config {
     /// Name other instances on the same database show for this one; `None`
     /// means `<host name>:<port>`.
     pub instance: Option<String>,
+    /// Lifetime of a rendered trace page in the page cache, in seconds; 0
+    /// turns the cache off.
+    pub page_cache_seconds: f64,
     pub leptos: LeptosOptions,
 }
 
@@ -36,7 +39,8 @@ fn var(name: &str) -> Option<String> {
 impl Config {
     /// Reads `DATABASE_URL`, `FILIERE_BIND` (or `LEPTOS_SITE_ADDR`, which
     /// cargo-leptos sets), `PUBLIC_URL`, `FILIERE_ADMIN_TOKEN`,
-    /// `FILIERE_LEASE_SECONDS` and `FILIERE_INSTANCE`.
+    /// `FILIERE_LEASE_SECONDS`, `FILIERE_INSTANCE` and
+    /// `FILIERE_PAGE_CACHE_SECONDS`.
     pub fn from_env() -> anyhow::Result<Config> {
         let leptos = match leptos::config::get_configuration(None) {
             Ok(configuration) => configuration.leptos_options,
@@ -95,6 +99,16 @@ impl Config {
         if let Some(name) = &instance {
             check_instance(name)?;
         }
+        let (min, max) = crate::page_cache::LIFETIME_RANGE;
+        let page_cache_seconds = match var("FILIERE_PAGE_CACHE_SECONDS") {
+            Some(text) => match text.parse::<f64>() {
+                Ok(value) if (min..=max).contains(&value) => value,
+                _ => anyhow::bail!(
+                    "FILIERE_PAGE_CACHE_SECONDS must be a number of seconds in {min}..={max}, got {text:?}"
+                ),
+            },
+            None => crate::page_cache::DEFAULT_LIFETIME_SECONDS,
+        };
         Ok(Config {
             database_url,
             bind,
@@ -102,6 +116,7 @@ impl Config {
             admin_token,
             lease_seconds,
             instance,
+            page_cache_seconds,
             leptos,
         })
     }
@@ -115,6 +130,7 @@ impl Config {
             admin_token: None,
             lease_seconds: chain::monitor::LEASE_SECONDS,
             instance: None,
+            page_cache_seconds: crate::page_cache::DEFAULT_LIFETIME_SECONDS,
             leptos: default_leptos_options(),
         }
     }

@@ -5,6 +5,7 @@ pub mod api;
 pub mod config;
 pub mod events;
 pub mod guard;
+pub mod page_cache;
 
 use anyhow::Context;
 use app::{shell, App};
@@ -17,16 +18,31 @@ use config::Config;
 use leptos::config::LeptosOptions;
 use leptos::prelude::provide_context;
 use leptos_axum::{generate_route_list, LeptosRoutes};
+use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+/// What every handler shares. Each middleware clones the service stack
+/// beneath it, this state included, for every request, so the state is one
+/// `Arc` and a clone costs a reference count.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+pub struct Shared {
     pub leptos: LeptosOptions,
     pub services: Services,
     /// Cancelled at shutdown, so that long-lived responses end.
     pub shutdown: CancellationToken,
     pub guard: guard::Guard,
+    pub page_cache: page_cache::PageCache,
 }
 
 impl FromRef<AppState> for guard::Guard {
@@ -79,12 +95,17 @@ pub async fn build(config: Config) -> anyhow::Result<Application> {
             shutdown.clone(),
         );
     }
-    let state = AppState {
+    let page_cache = page_cache::PageCache::new(
+        std::time::Duration::from_secs_f64(config.page_cache_seconds),
+        &services.bus,
+    );
+    let state = AppState(Arc::new(Shared {
+        page_cache,
         leptos: config.leptos.clone(),
         services,
         shutdown,
         guard: guard::Guard::new(config.admin_token.clone(), &config.public_url),
-    };
+    }));
     let router = router(state.clone());
     Ok(Application {
         listener,
@@ -98,6 +119,7 @@ fn router(state: AppState) -> Router {
     let services = state.services.clone();
     let leptos = state.leptos.clone();
     let guard = state.guard.clone();
+    let page_cache = state.page_cache.clone();
     Router::new()
         .route("/admin/login", get(guard::login_form).post(guard::login))
         .route("/health", get(api::health))
@@ -120,8 +142,14 @@ fn router(state: AppState) -> Router {
             move || shell(leptos.clone()),
         )
         .fallback(leptos_axum::file_and_error_handler::<AppState, _>(shell))
-        .layer(axum::middleware::from_fn_with_state(guard, guard::check))
         .layer(tower_http::trace::TraceLayer::new_for_http())
+        // Inside the guard, so that its checks and rate limit still apply,
+        // and outside the request log, which a page served from memory skips.
+        .layer(axum::middleware::from_fn_with_state(
+            page_cache,
+            page_cache::serve,
+        ))
+        .layer(axum::middleware::from_fn_with_state(guard, guard::check))
         .with_state(state)
 }
 

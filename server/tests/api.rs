@@ -1045,3 +1045,96 @@ async fn lookup_parameters_at_their_edges() {
         assert_eq!(response.status(), 200, "after={after}");
     }
 }
+
+/// Ingests a compliant sample of a finished lot and returns the lot and
+/// its product's token.
+async fn one_product(app: &TestApp) -> (String, String) {
+    let code_lot = finished_lot(app).await;
+    let (status, receipt) = app
+        .post("/api/sqal/samples", device_sample(&code_lot, 500))
+        .await;
+    assert_eq!(status, 201, "{receipt}");
+    let token = receipt["product"]["token"]
+        .as_str()
+        .expect("a compliant sample makes a product")
+        .to_string();
+    (code_lot, token)
+}
+
+/// Changes a product's grade in the database behind the server's back, so
+/// that no event announces the change.
+async fn regrade_quietly(app: &TestApp, token: &str) {
+    let database = format!("sqlite://{}", app._dir.path().join("filiere.db").display());
+    let pool = sqlx::AnyPool::connect(&database)
+        .await
+        .expect("database opens");
+    sqlx::query("UPDATE products SET grade = 'C' WHERE token = $1")
+        .bind(token)
+        .execute(&pool)
+        .await
+        .expect("product updated");
+    pool.close().await;
+}
+
+/// Fetches a trace page and returns its HTML, checking it is a 200.
+async fn trace_html(app: &TestApp, token: &str, query: &str) -> String {
+    let response = app
+        .client
+        .get(format!("{}/trace/{token}{query}", app.base))
+        .send()
+        .await
+        .expect("request sent");
+    assert_eq!(response.status(), 200);
+    response.text().await.expect("page body")
+}
+
+#[tokio::test]
+async fn trace_pages_are_cached_until_the_chain_moves() {
+    let app = TestApp::start_with(|config| config.page_cache_seconds = 60.0).await;
+    let (code_lot, token) = one_product(&app).await;
+
+    let first = trace_html(&app, &token, "").await;
+    regrade_quietly(&app, &token).await;
+    assert_eq!(
+        trace_html(&app, &token, "").await,
+        first,
+        "the page comes from the cache"
+    );
+    assert_ne!(
+        trace_html(&app, &token, "?lang=en").await,
+        first,
+        "English is rendered, not the French page"
+    );
+
+    // A graded sample is an event that can change the lot's trace pages.
+    let (status, receipt) = app
+        .post("/api/sqal/samples", device_sample(&code_lot, 501))
+        .await;
+    assert_eq!(status, 201, "{receipt}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let fresh = trace_html(&app, &token, "").await;
+        if fresh != first {
+            assert!(
+                fresh.contains("altér") || fresh.contains(">C<"),
+                "the re-rendered page shows the changed product"
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the cached page outlived a graded sample by 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn page_cache_off_renders_every_request() {
+    let app = TestApp::start_with(|config| config.page_cache_seconds = 0.0).await;
+    let (_, token) = one_product(&app).await;
+    let first = trace_html(&app, &token, "").await;
+    regrade_quietly(&app, &token).await;
+    let second = trace_html(&app, &token, "").await;
+    assert_ne!(second, first, "without the cache the change shows at once");
+}
