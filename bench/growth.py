@@ -129,8 +129,11 @@ def main():
     base = f"http://127.0.0.1:{args.port}"
     with tempfile.TemporaryDirectory(dir=os.environ.get("GROWTH_DIR")) as scratch:
         db_path = f"{scratch}/growth.db"
+        # The page cache would serve both measurements from memory: this
+        # measures the rendering path, which reads the database.
         env = dict(os.environ, DATABASE_URL=f"sqlite://{db_path}",
-                   FILIERE_BIND=f"127.0.0.1:{args.port}", RUST_LOG="warn")
+                   FILIERE_BIND=f"127.0.0.1:{args.port}", RUST_LOG="warn",
+                   FILIERE_PAGE_CACHE_SECONDS="0")
         server = subprocess.Popen([args.binary], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             wait_healthy(base)

@@ -5,7 +5,9 @@ Starts the given filiere binary on a loopback port with a fresh SQLite
 file and runs one pipeline so that products exist. Then it runs wrk for a
 fixed time per target while the simulators keep going. It prints
 throughput, latency percentiles, errors and the server's peak resident
-memory.
+memory. With --ceiling it also loads an axum server that returns the same
+page's bytes from memory (server/examples/memory_page.rs), in the same
+run, and prints the trace page's share of that ceiling.
 Loopback only; wrk runs for --duration seconds per target and every wait
 has a time limit.
 """
@@ -59,10 +61,14 @@ def to_ms(value, unit):
     return value
 
 
-def run_wrk(url, connections, duration, threads):
-    """Runs wrk against url and returns requests/s, p50/p90/p99 in ms and errors."""
+def run_wrk(url, connections, duration, threads, script=None):
+    """Runs wrk against url, with an optional Lua script, and returns
+    requests/s, p50/p90/p99 in ms and errors."""
+    command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency", "--timeout", "5s"]
+    if script:
+        command += ["-s", script]
     output = subprocess.run(
-        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency", "--timeout", "5s", url],
+        command + [url],
         capture_output=True, text=True, timeout=duration + 30, check=True,
     ).stdout
     figures = {"requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))}
@@ -80,6 +86,22 @@ def run_wrk(url, connections, duration, threads):
     return figures
 
 
+def start_server(binary, port, database_url):
+    """Starts the server on a loopback port and database, and returns the
+    process once /health returns 200."""
+    env = dict(os.environ, DATABASE_URL=database_url,
+               LEPTOS_SITE_ADDR=f"127.0.0.1:{port}", RUST_LOG="warn")
+    env.setdefault("LEPTOS_SITE_ROOT", "target/site")
+    server = subprocess.Popen([binary], env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: request(base, "GET", "/health", timeout=1)[0] == 200, 30, "server")
+    except SystemExit:
+        server.terminate()
+        raise
+    return server
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--binary", default="target/release/filiere")
@@ -89,6 +111,8 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--lots", type=int, default=20, help="lots of the pipeline run during the load")
     parser.add_argument("--samples", type=int, default=20, help="samples per lot, one every 0.05 s")
+    parser.add_argument("--ceiling", default=None, metavar="BINARY",
+                        help="memory_page example binary (target/release/examples/memory_page) to load as the ceiling")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is missing: apt-get install wrk")
@@ -111,12 +135,33 @@ def main():
             token = latest["product"]["token"]
             page = urllib.request.urlopen(f"{base}/trace/{token}", timeout=5).read()
             print(f"trace page: {len(page)} bytes")
-            for connections in args.connections:
-                for name, path in (("trace page", f"/trace/{token}"), ("/health", "/health")):
-                    figures = run_wrk(base + path, connections, args.duration, args.threads)
-                    print(f"{name:10} c={connections:<4} {figures['requests_per_s']:9.0f} req/s  "
-                          f"p50 {figures['p50_ms']:.2f} ms  p90 {figures['p90_ms']:.2f} ms  "
-                          f"p99 {figures['p99_ms']:.2f} ms  errors {figures['errors']}")
+            targets = [("trace page", base + f"/trace/{token}"), ("/health", base + "/health")]
+            ceiling = None
+            if args.ceiling:
+                page_file = os.path.join(scratch, "page.html")
+                with open(page_file, "wb") as out:
+                    out.write(page)
+                ceiling_port = args.port + 1
+                ceiling = subprocess.Popen([args.ceiling, page_file, str(ceiling_port)])
+                ceiling_base = f"http://127.0.0.1:{ceiling_port}"
+                wait_for(lambda: urllib.request.urlopen(ceiling_base + "/", timeout=1).status == 200, 10, "ceiling server")
+                targets.append(("in memory", ceiling_base + f"/trace/{token}"))
+            try:
+                for connections in args.connections:
+                    rates = {}
+                    for name, url in targets:
+                        figures = run_wrk(url, connections, args.duration, args.threads)
+                        rates[name] = figures["requests_per_s"]
+                        print(f"{name:10} c={connections:<4} {figures['requests_per_s']:9.0f} req/s  "
+                              f"p50 {figures['p50_ms']:.2f} ms  p90 {figures['p90_ms']:.2f} ms  "
+                              f"p99 {figures['p99_ms']:.2f} ms  errors {figures['errors']}")
+                    if "in memory" in rates:
+                        print(f"trace page / in-memory page at c={connections}: "
+                              f"{rates['trace page'] / rates['in memory']:.2f}")
+            finally:
+                if ceiling is not None:
+                    ceiling.terminate()
+                    ceiling.wait(timeout=10)
             _, status = request(base, "GET", "/api/control/status")
             running = [task["task"] for task in status["tasks"] if task["state"] == "running"]
             print(f"tasks still running at the end: {', '.join(running) or 'none'}")
