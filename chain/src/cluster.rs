@@ -90,6 +90,13 @@ pub async fn try_lock_task(
         "SELECT pg_try_advisory_lock_shared($1, $2) AS acquired"
     };
     let mut pooled = pool.acquire().await.context("connection for a task lock")?;
+    // Named before it locks, so that whoever sees the lock held also sees
+    // which instance holds it.
+    sqlx::query("SELECT set_config('application_name', $1, false) AS name")
+        .bind(application_name(instance))
+        .fetch_one(&mut *pooled)
+        .await
+        .context("name a task lock's connection")?;
     let acquired: bool = sqlx::query(lock)
         .bind(TASK_LOCK_CLASS)
         .bind(task_key(task))
@@ -98,19 +105,17 @@ pub async fn try_lock_task(
         .with_context(|| format!("lock the {} task", task.as_str()))?
         .try_get("acquired")?;
     if !acquired {
+        sqlx::query("SELECT set_config('application_name', '', false) AS name")
+            .fetch_one(&mut *pooled)
+            .await
+            .context("clear the name of a pooled connection")?;
         return Ok(None);
     }
-    // From here the connection belongs to the run: the pool must never hand
-    // out a session that holds the lock.
-    let mut connection = pooled.detach();
-    sqlx::query("SELECT set_config('application_name', $1, false)")
-        .bind(application_name(instance))
-        .execute(&mut connection)
-        .await
-        .context("name a task lock's connection")?;
+    // The connection now belongs to the run: the pool must never hand out a
+    // session that holds the lock.
     Ok(Some(TaskLock {
         task,
-        connection: Some(connection),
+        connection: Some(pooled.detach()),
     }))
 }
 
@@ -120,12 +125,14 @@ pub async fn task_holders(pool: &AnyPool, task: TaskName) -> anyhow::Result<Vec<
         "SELECT a.application_name AS name FROM pg_locks l \
          JOIN pg_stat_activity a ON a.pid = l.pid \
          WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 \
+           AND a.application_name LIKE $3 \
            AND l.classid::bigint = $1 AND l.objid::bigint = $2 \
            AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
          ORDER BY a.backend_start",
     )
     .bind(TASK_LOCK_CLASS as i64)
     .bind(task_key(task) as i64)
+    .bind(format!("{APPLICATION_PREFIX}%"))
     .fetch_all(pool)
     .await
     .with_context(|| format!("read who runs the {} task", task.as_str()))?;

@@ -76,7 +76,8 @@ async fn two_instances_share_one_chain() {
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let click = json!({
-        "gavage": { "nb_lots": LOTS, "acceleration": 2000000 },
+        // About 2.6 s of gavage: both clicks land while it runs.
+        "gavage": { "nb_lots": LOTS, "acceleration": 500000 },
         "sqal": { "interval": 0.01, "nb_samples": SAMPLES },
         "monitor": { "polling_interval": 0.5 },
     });
