@@ -46,8 +46,9 @@ pub async fn step(services: &Services) -> anyhow::Result<u32> {
     Ok(handed)
 }
 
-/// Runs the monitor: a step at start, at each "lot finished" event and every
-/// `polling_interval` seconds as a safety net.
+/// Runs the monitor: a step at start, at each event that finishes a lot's
+/// gavage or inspection, and every `polling_interval` seconds as a safety
+/// net.
 pub async fn run(
     services: Services,
     params: MonitorParams,
@@ -65,7 +66,7 @@ pub async fn run(
         tokio::select! {
             _ = ctx.cancel.cancelled() => break,
             _ = ticker.tick() => {}
-            event = wait_for_finished_lot(&mut events) => {
+            event = wait_for_queue_change(&mut events) => {
                 if event.is_err() {
                     // The bus is gone: the process is shutting down.
                     break;
@@ -76,12 +77,21 @@ pub async fn run(
     Ok(format!("{total} lots transmis au SQAL"))
 }
 
-async fn wait_for_finished_lot(
+async fn wait_for_queue_change(
     events: &mut tokio::sync::broadcast::Receiver<crate::views::EventEnvelope>,
 ) -> Result<(), RecvError> {
     loop {
         match events.recv().await {
-            Ok(envelope) if matches!(envelope.event, Event::LotFinished { .. }) => return Ok(()),
+            // A finished gavage queues a lot; a finished inspection frees a
+            // place for the next claim.
+            Ok(envelope)
+                if matches!(
+                    envelope.event,
+                    Event::LotFinished { .. } | Event::LotInspected { .. }
+                ) =>
+            {
+                return Ok(())
+            }
             Ok(_) => continue,
             // Missed events may include a finished lot: scan now.
             Err(RecvError::Lagged(_)) => return Ok(()),

@@ -158,6 +158,9 @@ fn stored_details(row: &AnyRow) -> anyhow::Result<Option<SampleDetails>> {
 
 /// Attempts at inspecting one lot before it stays in `error`.
 pub const MAX_INSPECTION_ATTEMPTS: i64 = 3;
+/// Lots claimed and not yet inspected, across all monitors: one being
+/// measured and one ready for the station.
+pub const MAX_LOTS_IN_FLIGHT: i64 = 2;
 
 impl Store {
     /// Connects to `database_url` (`sqlite://…` or `postgres://…`) and applies
@@ -486,7 +489,9 @@ impl Store {
 
     /// Claims the oldest lot that is pending, or whose inspection lease has
     /// expired, and gives it a new lease. The claim is one statement, so two
-    /// monitors never claim the same lot.
+    /// monitors never claim the same lot. Nothing is claimed while
+    /// `MAX_LOTS_IN_FLIGHT` lots hold a live lease: a lot waiting for the
+    /// station would otherwise see its lease expire and be claimed twice.
     pub async fn claim_next_lot(&self, lease_seconds: f64) -> anyhow::Result<Option<ClaimedLot>> {
         let now = crate::time::now();
         let lock = match self.engine {
@@ -500,6 +505,8 @@ impl Store {
                 WHERE status = 'pending' OR (status = 'inspecting' AND lease_until < $2) \
                    OR (status = 'error' AND attempts < $3) \
                 ORDER BY created_at, code_lot LIMIT 1{lock}) \
+             AND (SELECT COUNT(*) FROM sqal_pending_lots \
+                WHERE status = 'inspecting' AND lease_until >= $2) < $4 \
              RETURNING code_lot, poids_moyen_final, attempts"
         );
         let mut tx = self.write.begin().await?;
@@ -507,6 +514,7 @@ impl Store {
             .bind(crate::time::in_seconds(lease_seconds))
             .bind(&now)
             .bind(MAX_INSPECTION_ATTEMPTS)
+            .bind(MAX_LOTS_IN_FLIGHT)
             .fetch_optional(&mut *tx)
             .await
             .context("claim a lot for inspection")?;

@@ -256,6 +256,48 @@ async fn finished_lot_is_claimed_once() {
 }
 
 #[tokio::test]
+async fn claims_stop_at_lots_in_flight() {
+    let databases = fresh_databases().await;
+    for url in databases.urls.iter() {
+        let store = Store::connect(url).await.unwrap();
+        store.insert_gavage_run("R1", 4, 1000.0, 7).await.unwrap();
+        let mut codes = Vec::new();
+        for _ in 0..4 {
+            let code = new_lot(&store, "R1").await;
+            feed_whole_lot(&store, &code).await;
+            codes.push(code);
+        }
+        let in_flight = chain::store::MAX_LOTS_IN_FLIGHT as usize;
+        for expected in &codes[..in_flight] {
+            let claimed = store.claim_next_lot(60.0).await.unwrap();
+            assert_eq!(
+                claimed.map(|lot| lot.code_lot).as_ref(),
+                Some(expected),
+                "{url}"
+            );
+        }
+        assert_eq!(
+            store.claim_next_lot(60.0).await.unwrap(),
+            None,
+            "{url}: claimed past {in_flight} lots in flight"
+        );
+
+        // An inspected lot frees its place for the next one.
+        store
+            .finish_inspection(&codes[0], "conforme")
+            .await
+            .unwrap();
+        let next = store.claim_next_lot(60.0).await.unwrap();
+        assert_eq!(
+            next.map(|lot| lot.code_lot).as_ref(),
+            Some(&codes[in_flight]),
+            "{url}"
+        );
+        store.close().await;
+    }
+}
+
+#[tokio::test]
 async fn expired_lease_is_claimed_again() {
     let databases = fresh_databases().await;
     for url in databases.urls.iter() {
