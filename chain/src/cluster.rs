@@ -19,10 +19,15 @@ use sqlx::{AnyConnection, AnyPool, Connection, Row};
 const TASK_LOCK_CLASS: i32 = 0x0046_696c;
 /// First key of the per-lot locks that order hash-chain appends.
 pub const LEDGER_LOCK_CLASS: i32 = 0x0046_696d;
+/// Key of the lock that makes monitors claim lots one at a time, so that
+/// the cap on lots in flight holds across instances.
+pub const CLAIM_LOCK_CLASS: i32 = 0x0046_696e;
 /// `application_name` of a lock's connection: this prefix, then the instance.
 const APPLICATION_PREFIX: &str = "filiere ";
 /// PostgreSQL truncates `application_name` to 63 bytes.
 const APPLICATION_NAME_MAX: usize = 63;
+/// Time between two checks that a lock's session is still alive.
+const WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn task_key(task: TaskName) -> i32 {
     match task {
@@ -44,6 +49,28 @@ pub struct TaskLock {
 }
 
 impl TaskLock {
+    /// Checks the lock's session every few seconds and returns the error
+    /// once a check fails, because the lock ended with the session.
+    pub async fn watch(&mut self) -> anyhow::Error {
+        let task = self.task;
+        let Some(connection) = self.connection.as_mut() else {
+            return anyhow::anyhow!("the {} task's lock was already released", task.as_str());
+        };
+        loop {
+            tokio::time::sleep(WATCH_INTERVAL).await;
+            let alive = sqlx::query("SELECT 1 AS alive")
+                .fetch_one(&mut *connection)
+                .await;
+            if let Err(error) = alive {
+                tracing::error!(task = task.as_str(), %error, "task lock's database session lost, stopping the run");
+                return anyhow::Error::new(error).context(format!(
+                    "the {} task's lock ended with its database session",
+                    task.as_str()
+                ));
+            }
+        }
+    }
+
     /// Unlocks and closes the connection. Dropping the lock also ends it,
     /// by closing the connection without a goodbye.
     pub async fn release(mut self) {

@@ -27,6 +27,9 @@ pub struct Services {
     pub instance: String,
     /// Sender to the running SQAL station, if any.
     station_inbox: Arc<Mutex<Option<mpsc::UnboundedSender<ClaimedLot>>>>,
+    /// One lock per task, held from the status check to the spawn, so that
+    /// two starts in this instance never race for the task's database lock.
+    starting: Arc<[tokio::sync::Mutex<()>; 3]>,
 }
 
 /// Error of a start request: nothing was started.
@@ -60,6 +63,7 @@ impl Services {
             lease_seconds: monitor::LEASE_SECONDS,
             instance: "local".to_string(),
             station_inbox: Arc::new(Mutex::new(None)),
+            starting: Arc::new(Default::default()),
         }
     }
 
@@ -123,6 +127,11 @@ impl Services {
         F: FnOnce(TaskContext) -> Fut + Send + 'static,
         Fut: Future<Output = anyhow::Result<String>> + Send + 'static,
     {
+        let slot = TaskName::ALL
+            .iter()
+            .position(|known| *known == task)
+            .expect("every task is in TaskName::ALL");
+        let _starting = self.starting[slot].lock().await;
         let local = self.supervisor.local_status(task);
         match local.state {
             TaskState::Starting | TaskState::Running => {
@@ -147,7 +156,19 @@ impl Services {
         Ok(self
             .supervisor
             .start(task, params, run_id, move |ctx| async move {
-                let result = body(ctx).await;
+                let (result, lock) = match lock {
+                    None => (body(ctx).await, None),
+                    Some(mut lock) => {
+                        // A run whose lock's session dies (database restart,
+                        // dropped connection) stops, since another instance
+                        // may now take the task.
+                        let result = tokio::select! {
+                            result = body(ctx) => result,
+                            lost = lock.watch() => Err(lost),
+                        };
+                        (result, Some(lock))
+                    }
+                };
                 let state = if result.is_ok() { "stopped" } else { "failed" };
                 if let Err(error) = services
                     .store
@@ -172,15 +193,17 @@ impl Services {
     /// is tried again.
     async fn lock_task(&self, task: TaskName) -> anyhow::Result<Result<TaskLock, StartOutcome>> {
         for _ in 0..3 {
-            if let Some(lock) =
-                cluster::try_lock_task(self.store.pool(), task, &self.instance).await?
-            {
+            // Taken in its own task: a caller dropped halfway, such as a
+            // request its client cancelled, must not leave a locked session
+            // in the pool.
+            let pool = self.store.pool().clone();
+            let instance = self.instance.clone();
+            let attempt =
+                tokio::spawn(async move { cluster::try_lock_task(&pool, task, &instance).await })
+                    .await
+                    .map_err(|error| anyhow::anyhow!("task lock attempt failed: {error}"))??;
+            if let Some(lock) = attempt {
                 return Ok(Ok(lock));
-            }
-            let local = self.supervisor.local_status(task);
-            if local.state.is_active() {
-                // A concurrent start in this instance won.
-                return Ok(Err(StartOutcome::AlreadyRunning(local)));
             }
             if let Some(status) = self.remote_status(task).await? {
                 self.supervisor.set_remote(status.clone());
@@ -414,8 +437,11 @@ impl Services {
                     return Ok(());
                 }
                 Ok(_) => {}
-                Err(StartError::Internal(error)) => return Err(error),
-                Err(refused) => anyhow::bail!("cannot start the SQAL station: {refused}"),
+                Err(error) => {
+                    // The lot stays `inspecting`; its lease expiry hands it out again.
+                    tracing::warn!(lot.code = %lot.code_lot, error = %error, "cannot start the SQAL station for a claimed lot, left to its lease");
+                    return Ok(());
+                }
             }
         }
         let sender = self
