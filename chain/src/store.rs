@@ -510,6 +510,17 @@ impl Store {
              RETURNING code_lot, poids_moyen_final, attempts"
         );
         let mut tx = self.write.begin().await?;
+        if self.engine == Engine::Postgres {
+            // Two monitors counting the lots in flight at once would both
+            // see room for one more.
+            sqlx::query(
+                "SELECT COUNT(*) AS locked FROM (SELECT pg_advisory_xact_lock($1, 0)) AS held",
+            )
+            .bind(crate::cluster::CLAIM_LOCK_CLASS)
+            .fetch_one(&mut *tx)
+            .await
+            .context("lock the claims")?;
+        }
         let row = sqlx::query(&sql)
             .bind(crate::time::in_seconds(lease_seconds))
             .bind(&now)
