@@ -144,17 +144,31 @@ fn default_leptos_options() -> LeptosOptions {
         .build()
 }
 
-/// Checks a `FILIERE_INSTANCE` value: 1 to 40 characters, none of them a
-/// control character.
+/// Checks a `FILIERE_INSTANCE` value: 1 to 40 printable ASCII characters,
+/// because PostgreSQL keeps only those in the session name other instances
+/// read it from.
 fn check_instance(name: &str) -> anyhow::Result<()> {
-    let usable = (1..=INSTANCE_MAX_CHARS).contains(&name.chars().count())
-        && name.chars().all(|c| !c.is_control());
+    let usable = (1..=INSTANCE_MAX_CHARS).contains(&name.len())
+        && name
+            .bytes()
+            .all(|byte| byte == b' ' || byte.is_ascii_graphic());
     if !usable {
         anyhow::bail!(
-            "FILIERE_INSTANCE must be 1 to {INSTANCE_MAX_CHARS} characters without control characters, got {name:?}"
+            "FILIERE_INSTANCE must be 1 to {INSTANCE_MAX_CHARS} printable ASCII characters, got {name:?}"
         );
     }
     Ok(())
+}
+
+/// Makes a host name usable as an instance name: printable ASCII, cut to
+/// the length `FILIERE_INSTANCE` allows with room for the port.
+pub fn instance_name(host: &str, port: u16) -> String {
+    let host: String = host
+        .chars()
+        .map(|c| if c.is_ascii_graphic() { c } else { '_' })
+        .take(INSTANCE_MAX_CHARS - 6)
+        .collect();
+    format!("{host}:{port}")
 }
 
 /// The machine's host name, or `localhost` when it cannot be read.
@@ -172,14 +186,25 @@ mod tests {
 
     #[test]
     fn instance_names_at_and_past_the_limit() {
-        assert!(check_instance(&"é".repeat(INSTANCE_MAX_CHARS)).is_ok());
-        assert!(check_instance("a").is_ok());
-        let too_long = check_instance(&"é".repeat(INSTANCE_MAX_CHARS + 1)).unwrap_err();
+        assert!(check_instance(&"a".repeat(INSTANCE_MAX_CHARS)).is_ok());
+        assert!(check_instance("ferme 2").is_ok());
+        let too_long = check_instance(&"a".repeat(INSTANCE_MAX_CHARS + 1)).unwrap_err();
         assert!(
             too_long.to_string().contains("FILIERE_INSTANCE"),
             "{too_long}"
         );
+        assert!(
+            check_instance("élevage").is_err(),
+            "a non-ASCII letter is refused"
+        );
         assert!(check_instance("a\nb").is_err(), "a newline is refused");
         assert!(check_instance("").is_err(), "an empty name is refused");
+    }
+
+    #[test]
+    fn host_names_become_ascii_instance_names() {
+        let name = instance_name(&"é".repeat(60), 3000);
+        assert!(check_instance(&name).is_ok(), "{name}");
+        assert!(name.ends_with(":3000"), "{name}");
     }
 }

@@ -85,7 +85,7 @@ pub async fn build(config: Config) -> anyhow::Result<Application> {
     services.instance = config
         .instance
         .clone()
-        .unwrap_or_else(|| format!("{}:{port}", config::host_name()));
+        .unwrap_or_else(|| config::instance_name(&config::host_name(), port));
     services.load_task_runs().await?;
     let shutdown = CancellationToken::new();
     if services.store.engine() == Engine::Postgres {
