@@ -5,7 +5,7 @@
 //! two simulators (gavage and SQAL station), so each runs in one instance
 //! at most. It is shared for the lot monitor, which any instance may run.
 //! The lock's connection carries the instance's name as its
-//! `application_name`, so another instance can say who runs a task. The
+//! `application_name`, so another instance can name the one that runs a task. The
 //! lock ends with the run, or with the process when it is killed, because
 //! PostgreSQL closes the session.
 //!
@@ -117,8 +117,8 @@ pub async fn try_lock_task(
         "SELECT pg_try_advisory_lock_shared($1, $2) AS acquired"
     };
     let mut pooled = pool.acquire().await.context("connection for a task lock")?;
-    // Named before it locks, so that whoever sees the lock held also sees
-    // which instance holds it.
+    // Named before it locks, so that an instance that finds the lock taken
+    // also finds which instance has it.
     sqlx::query("SELECT set_config('application_name', $1, false) AS name")
         .bind(application_name(instance))
         .fetch_one(&mut *pooled)
@@ -174,8 +174,8 @@ pub async fn task_holders(pool: &AnyPool, task: TaskName) -> anyhow::Result<Vec<
         .collect()
 }
 
-/// Whether a stored instance name matches a holder's, which PostgreSQL may
-/// have cut short.
+/// Returns whether a stored instance name matches a holder's, which
+/// PostgreSQL may have cut short.
 pub fn same_instance(stored: &str, holder: &str) -> bool {
     stored == holder || application_name(stored) == application_name(holder)
 }
@@ -185,7 +185,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn long_instance_names_are_cut_on_a_character_boundary() {
+    fn application_name_cut_on_char_boundary() {
         let name = application_name(&"é".repeat(40));
         assert!(name.len() <= APPLICATION_NAME_MAX, "{} bytes", name.len());
         assert!(name.starts_with(APPLICATION_PREFIX));

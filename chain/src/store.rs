@@ -1242,7 +1242,7 @@ pub struct StoredLot {
     pub meals: i64,
 }
 
-/// What a gavage run was started with.
+/// Parameters a gavage run was started with.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StoredRun {
     pub nb_lots: u32,
@@ -1251,7 +1251,7 @@ pub struct StoredRun {
 }
 
 impl Store {
-    /// The pool that task locks take their connections from.
+    /// Returns the pool that task locks take their connections from.
     pub fn pool(&self) -> &AnyPool {
         &self.write
     }
@@ -1305,7 +1305,7 @@ impl Store {
         Ok(())
     }
 
-    /// The last run of each task that has run on this database.
+    /// Reads the last run of each task that has run on this database.
     pub async fn task_runs(&self) -> anyhow::Result<Vec<TaskRun>> {
         let rows = sqlx::query(
             "SELECT task, state, instance, params, run_id, started_at FROM task_runs ORDER BY task",
@@ -1350,7 +1350,7 @@ impl Store {
         .transpose()
     }
 
-    /// The lots of a run in the order they were created (the order of
+    /// Reads the lots of a run in the order they were created (the order of
     /// their first chain event), each with its number of stored meals.
     pub async fn run_lots(&self, run_id: &str) -> anyhow::Result<Vec<StoredLot>> {
         let rows = sqlx::query(
@@ -1378,7 +1378,7 @@ impl Store {
             .collect()
     }
 
-    /// A lot another instance's monitor claimed, if it is still being
+    /// Reads a lot another instance's monitor claimed, if it is still being
     /// inspected, with what the station needs.
     pub async fn claimed_lot(&self, code_lot: &str) -> anyhow::Result<Option<ClaimedLot>> {
         let row = sqlx::query(

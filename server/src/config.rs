@@ -27,7 +27,7 @@ pub struct Config {
     pub leptos: LeptosOptions,
 }
 
-/// Longest instance name `FILIERE_INSTANCE` accepts, in characters.
+/// Maximum length of `FILIERE_INSTANCE`, in characters.
 pub const INSTANCE_MAX_CHARS: usize = 40;
 
 fn var(name: &str) -> Option<String> {
@@ -171,7 +171,7 @@ pub fn instance_name(host: &str, port: u16) -> String {
     format!("{host}:{port}")
 }
 
-/// The machine's host name, or `localhost` when it cannot be read.
+/// Returns the machine's host name, or `localhost` when it cannot be read.
 pub fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
