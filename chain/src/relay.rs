@@ -206,7 +206,7 @@ async fn receive(services: &Services, event: Event, instance: &str) {
         Event::Task { mut status } => {
             status.elsewhere = Some(instance.to_string());
             if !services.supervisor.set_remote(status.clone()) {
-                // This instance runs the task too; its own status stands.
+                // This instance runs the task too, so its own status is the one shown.
                 return;
             }
             Event::Task { status }
@@ -235,7 +235,7 @@ mod tests {
     }
 
     #[test]
-    fn a_burst_splits_into_payloads_under_the_limit_in_order() {
+    fn payloads_split_under_limit_in_order() {
         let events: Vec<String> = (0..2000)
             .map(|index| finished(&format!("LL2612{index:04}")))
             .collect();

@@ -351,17 +351,24 @@ impl Services {
         let Some(lot) = self.store.claimed_lot(code_lot).await? else {
             return Ok(());
         };
+        self.send_to_station(lot);
+        Ok(())
+    }
+
+    /// Puts a claimed lot in this instance's station inbox. When the inbox
+    /// is closed the lot stays `inspecting`, and its lease expiry hands it
+    /// out again.
+    fn send_to_station(&self, lot: ClaimedLot) {
         let sender = self
             .station_inbox
             .lock()
             .expect("station inbox lock")
             .clone();
-        if let Some(sender) = sender {
-            if sender.send(lot).is_err() {
-                tracing::warn!(lot.code = %code_lot, "SQAL station inbox closed, lot left to its lease");
-            }
+        let code_lot = lot.code_lot.clone();
+        let sent = sender.is_some_and(|sender| sender.send(lot).is_ok());
+        if !sent {
+            tracing::warn!(lot.code = %code_lot, "SQAL station inbox closed, lot left to its lease");
         }
-        Ok(())
     }
 
     /// Starts the whole chain for one click. A gavage run already going is
@@ -444,19 +451,8 @@ impl Services {
                 }
             }
         }
-        let sender = self
-            .station_inbox
-            .lock()
-            .expect("station inbox lock")
-            .clone();
-        match sender {
-            Some(sender) if sender.send(lot.clone()).is_ok() => Ok(()),
-            _ => {
-                // The lot stays `inspecting`; its lease expiry hands it out again.
-                tracing::warn!(lot.code = %lot.code_lot, "SQAL station inbox closed, lot left to its lease");
-                Ok(())
-            }
-        }
+        self.send_to_station(lot);
+        Ok(())
     }
 
     /// Publishes the inspection queue's counts after a change to it.

@@ -81,7 +81,7 @@ pub struct TaskStatus {
     pub note: Option<String>,
     pub last_error: Option<String>,
     /// Name of the server instance that runs the task, when it is not the
-    /// instance answering (several instances on one PostgreSQL database).
+    /// instance serving the request (several instances on one PostgreSQL database).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub elsewhere: Option<String>,
     /// The last run was cut short by a crash; `params` and `run_id` are the

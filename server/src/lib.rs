@@ -22,7 +22,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// What every handler shares. Each middleware clones the service stack
+/// State every handler shares. Each middleware clones the service stack
 /// beneath it, this state included, for every request, so the state is one
 /// `Arc` and a clone costs a reference count.
 #[derive(Clone)]

@@ -180,7 +180,7 @@ impl PageCache {
     /// Returns the lock that renders of `key` take turns on.
     fn render_lock(&self, key: &Key) -> Arc<tokio::sync::Mutex<()>> {
         let mut rendering = self.inner.rendering.lock().expect("page cache lock");
-        // Locks nobody holds or waits for are dropped as new ones come.
+        // Locks that no request holds or waits for are dropped as new ones come.
         rendering.retain(|_, lock| Arc::strong_count(lock) > 1);
         rendering.entry(key.clone()).or_default().clone()
     }
@@ -200,7 +200,7 @@ impl PageCache {
     }
 }
 
-/// The lot whose trace pages an event can change, if any.
+/// Returns the lot whose trace pages an event can change, if any.
 fn touched_lot(event: &Event) -> Option<&str> {
     match event {
         Event::SampleGraded { sample, .. } => Some(&sample.code_lot),

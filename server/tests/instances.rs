@@ -1,6 +1,6 @@
 //! Two server instances on one PostgreSQL database, both real binaries.
-//! Both start the pipeline at the same moment: one gavage run and one
-//! SQAL station run across the two, both monitors claim lots, every lot
+//! Both start the pipeline at the same moment. One gavage run and one
+//! SQAL station run across the two, and both monitors claim lots. Every lot
 //! is inspected once, and each instance's event stream carries the lots
 //! and products the other one produced.
 
@@ -209,11 +209,11 @@ async fn two_instances_share_one_chain() {
                 let values: BTreeSet<String> =
                     seen.iter().map(|(value, _)| value.clone()).collect();
                 if expected.is_subset(&values) {
-                    let wanted_origin = (producer != name).then(|| producer.to_string());
+                    let expected_origin = (producer != name).then(|| producer.to_string());
                     for (value, origin) in seen.iter().filter(|(value, _)| expected.contains(value))
                     {
                         assert_eq!(
-                            origin, &wanted_origin,
+                            origin, &expected_origin,
                             "{name}'s stream: {kind} {value} should come from {producer}"
                         );
                     }

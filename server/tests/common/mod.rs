@@ -30,7 +30,7 @@ impl Server {
     }
 
     /// Starts the server with extra environment variables and waits until
-    /// `/health` answers.
+    /// `/health` returns 200.
     pub async fn start_with(database_url: &str, env: &[(&str, &str)]) -> Server {
         let port = free_port();
         let mut command = Command::new(env!("CARGO_BIN_EXE_filiere"));
@@ -62,7 +62,7 @@ impl Server {
             .expect("JSON answer")
     }
 
-    /// Posts `body` to `path` and returns the status and the JSON answer.
+    /// Posts `body` to `path` and returns the status and the JSON body.
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
         let response = reqwest::Client::new()
             .post(format!("{}{path}", self.base))
@@ -142,7 +142,7 @@ impl FreshPostgres {
     }
 }
 
-/// One number from a query that names it `n`.
+/// Returns the number a query selects as `n`.
 pub async fn count(pool: &sqlx::AnyPool, sql: &str) -> i64 {
     let row = sqlx::query(sql)
         .fetch_one(pool)
