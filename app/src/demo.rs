@@ -818,7 +818,7 @@ fn TaskCard(task: TaskName, state: LiveState, fields: Fields) -> impl IntoView {
     let inputs = match task {
         TaskName::Gavage => view! {
             <label>"nb_lots"<input type="number" min="1" max="50" bind:value=fields.nb_lots/></label>
-            <label>"acceleration"<input type="number" min="1" max="10000000" bind:value=fields.acceleration/></label>
+            <label>"acceleration"<input type="number" min="1" max="1000000000" bind:value=fields.acceleration/></label>
         }
         .into_any(),
         TaskName::Monitor => view! {
@@ -827,7 +827,7 @@ fn TaskCard(task: TaskName, state: LiveState, fields: Fields) -> impl IntoView {
         .into_any(),
         TaskName::Sqal => view! {
             <label>"device_id"<input type="text" bind:value=fields.device_id/></label>
-            <label>"interval (s)"<input type="number" min="0.01" max="60" step="0.01" bind:value=fields.interval/></label>
+            <label>"interval (s)"<input type="number" min="0" max="60" step="0.01" bind:value=fields.interval/></label>
             <label>"nb_samples"<input type="number" min="1" max="200" bind:value=fields.nb_samples/></label>
             <label>"profile"
                 <select

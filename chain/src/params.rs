@@ -9,10 +9,13 @@ pub const SITES: [&str; 3] = ["LL", "LS", "MT"];
 
 pub const NB_LOTS_RANGE: (u32, u32) = (1, 50);
 /// Simulated seconds per real second: 1 is real time, 86 400 makes a day last
-/// one second. The upper bound keeps one meal at least ~4 µs apart.
-pub const ACCELERATION_RANGE: (f64, f64) = (1.0, 10_000_000.0);
+/// one second. At the upper bound a lot's meals fall due 43 µs apart, faster
+/// than a database stores them, so the simulator runs as fast as storage.
+pub const ACCELERATION_RANGE: (f64, f64) = (1.0, 1_000_000_000.0);
 pub const POLLING_INTERVAL_RANGE: (f64, f64) = (0.5, 3600.0);
-pub const SAMPLE_INTERVAL_RANGE: (f64, f64) = (0.01, 60.0);
+/// Seconds between two samples. With 0 the station measures the next liver
+/// as soon as it has stored the last one.
+pub const SAMPLE_INTERVAL_RANGE: (f64, f64) = (0.0, 60.0);
 pub const NB_SAMPLES_RANGE: (u32, u32) = (1, 200);
 
 /// A parameter outside its allowed range. It names the field, the rejected
@@ -331,7 +334,7 @@ mod tests {
 
     #[test]
     fn acceleration_rejects_zero_negative_and_nan() {
-        for bad in [0.0, -5.0, 0.5, f64::NAN, f64::INFINITY, 10_000_001.0] {
+        for bad in [0.0, -5.0, 0.5, f64::NAN, f64::INFINITY, 1_000_000_001.0] {
             let params = GavageParams {
                 acceleration: bad,
                 ..GavageParams::default()
@@ -347,14 +350,18 @@ mod tests {
     }
 
     #[test]
-    fn sample_interval_rejects_zero() {
-        let params = SqalParams {
-            interval: 0.0,
+    fn sample_interval_bounds() {
+        let with_interval = |interval| SqalParams {
+            interval,
             ..SqalParams::default()
         };
-        let error = params.validate().unwrap_err();
-        assert_eq!(error.field, "interval");
-        assert_eq!(error.allowed, "0.01..=60");
+        for bad in [-0.01, 60.01, f64::NAN, f64::INFINITY] {
+            let error = with_interval(bad).validate().unwrap_err();
+            assert_eq!(error.field, "interval", "value {bad}");
+            assert_eq!(error.allowed, "0..=60", "value {bad}");
+        }
+        assert!(with_interval(0.0).validate().is_ok());
+        assert!(with_interval(60.0).validate().is_ok());
     }
 
     #[test]
@@ -411,8 +418,8 @@ mod tests {
         check_row(
             "acceleration",
             gavage(|p, v| p.acceleration = v),
-            &[1.0, 10_000_000.0],
-            &[0.99, 10_000_000.5],
+            &[1.0, 1_000_000_000.0],
+            &[0.99, 1_000_000_000.5],
         );
         check_row(
             "polling_interval",
@@ -435,8 +442,8 @@ mod tests {
         check_row(
             "interval",
             sqal(|p, v| p.interval = v),
-            &[0.01, 60.0],
-            &[0.009, 60.01],
+            &[0.0, 60.0],
+            &[-0.001, 60.01],
         );
         check_row(
             "nb_samples",

@@ -829,6 +829,12 @@ async fn inspect(
             ctx.count(|counters| counters.products += 1);
         }
 
+        if params.interval == 0.0 {
+            if ctx.cancel.is_cancelled() {
+                return Ok(false);
+            }
+            continue;
+        }
         tokio::select! {
             _ = ctx.cancel.cancelled() => return Ok(false),
             _ = tokio::time::sleep(Duration::from_secs_f64(params.interval)) => {}

@@ -243,7 +243,7 @@ async fn bad_control_parameters_are_rejected_and_start_nothing() {
         ),
         (
             "/api/control/sqal/start",
-            json!({ "interval": 0 }),
+            json!({ "interval": -0.5 }),
             "interval",
         ),
         (
