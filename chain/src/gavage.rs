@@ -386,7 +386,11 @@ pub async fn run(
             _ = tokio::time::sleep_until(next_due) => {}
         }
 
+        // Every meal due by now goes into one batch, so a run that falls
+        // behind its clock catches up in a few transactions.
         let now = Instant::now();
+        let mut payloads = Vec::new();
+        let mut progress = Vec::new();
         for lot in lots.iter_mut() {
             while !lot.model.is_finished()
                 && lot.due(lot.model.meals_done(), params.acceleration) <= now
@@ -400,7 +404,7 @@ pub async fn run(
                     + chrono::Duration::milliseconds(
                         (index as f64 * MEAL_SPACING_S * 1000.0) as i64,
                     );
-                let payload = MealPayload {
+                payloads.push(MealPayload {
                     code_lot: lot.code_lot.clone(),
                     jour: meal.jour,
                     moment: meal.moment.as_str().to_string(),
@@ -412,24 +416,29 @@ pub async fn run(
                     temperature: meal.temperature,
                     humidite: meal.humidite,
                     fed_at: Some(crate::time::format(sim_time)),
-                };
-                match services.ingest_meal(&payload).await {
-                    Ok(_) => {}
-                    Err(MealError::Internal(error)) => return Err(error),
-                    Err(refused) => {
-                        anyhow::bail!("the gavage simulator produced an invalid meal: {refused}")
-                    }
-                }
-                ctx.count(|counters| counters.meals += 1);
+                });
                 let status = if meal.is_last {
                     "pret_abattage"
                 } else {
                     "en_gavage"
                 };
-                services.bus.publish(Event::MealRecorded {
-                    lot: lot.progress(Some(&meal), status),
-                });
+                // Taken now: the lot's later meals in the batch move its model on.
+                progress.push(lot.progress(Some(&meal), status));
             }
+        }
+        if payloads.is_empty() {
+            continue;
+        }
+        match services.ingest_meals(&payloads).await {
+            Ok(_) => {}
+            Err(MealError::Internal(error)) => return Err(error),
+            Err(refused) => {
+                anyhow::bail!("the gavage simulator produced an invalid meal: {refused}")
+            }
+        }
+        ctx.count(|counters| counters.meals += payloads.len() as u64);
+        for lot in progress {
+            services.bus.publish(Event::MealRecorded { lot });
         }
     }
     Ok(format!("{} lots terminés", lots.len()))

@@ -3,10 +3,10 @@
 //! it without code changes.
 
 use crate::grade::Grade;
+use crate::group_commit::QueuedSample;
 use crate::params::{validate_code_lot, validate_device_id, InvalidParam};
 use crate::services::Services;
 use crate::sqal::{analyze, Measurement, CHANNELS, ZONES};
-use crate::store::SampleRow;
 use crate::views::{Event, GradedSample, ProductView, SampleDetails};
 use serde::{Deserialize, Serialize};
 
@@ -211,14 +211,24 @@ impl Services {
         }
 
         let analysis = analyze(&measurement);
-        let row = SampleRow {
-            code_lot: &payload.code_lot,
+        let queued = QueuedSample {
+            code_lot: payload.code_lot.clone(),
             sample_index: payload.sample_index,
-            device_id: &payload.device_id,
-            measurement: &measurement,
-            analysis: &analysis,
+            device_id: payload.device_id.clone(),
+            measurement,
+            analysis,
         };
-        let outcome = self.store.record_sample(&row, &self.public_url).await?;
+        let (
+            outcome,
+            QueuedSample {
+                measurement,
+                analysis,
+                ..
+            },
+        ) = self
+            .samples
+            .record(&self.store, &self.public_url, queued)
+            .await?;
         let Some(sample_id) = outcome.sample_id else {
             return Err(IngestError::Duplicate {
                 code_lot: payload.code_lot.clone(),

@@ -119,10 +119,17 @@ pub async fn append(
     kind: &str,
     payload: &Value,
 ) -> anyhow::Result<Head> {
+    let head = head(connection, code_lot).await?;
+    append_after(connection, code_lot, kind, payload, &head).await
+}
+
+/// Reads the last event of a lot's chain, or the genesis head of an empty
+/// chain. On PostgreSQL it first takes the lot's chain lock for the rest of
+/// the transaction. Two instances may write to one lot at once (after a
+/// lease expired mid-inspection, for instance), and the lock makes the
+/// second writer wait for the first transaction and read its head.
+pub async fn head(connection: &mut sqlx::AnyConnection, code_lot: &str) -> anyhow::Result<Head> {
     if connection.backend_name() == "PostgreSQL" {
-        // Two instances may write to one lot at once (a lease that expired
-        // mid-inspection, for instance): the lock makes the second append
-        // wait for the first transaction and read its head.
         sqlx::query(
             "SELECT COUNT(*) AS locked FROM (SELECT pg_advisory_xact_lock($1, hashtext($2))) AS held",
         )
@@ -139,7 +146,7 @@ pub async fn append(
     .fetch_optional(&mut *connection)
     .await
     .with_context(|| format!("read the chain head of lot {code_lot}"))?;
-    let head = match last {
+    Ok(match last {
         Some(row) => Head {
             seq: row.try_get("seq")?,
             hash: row.try_get("hash")?,
@@ -148,8 +155,144 @@ pub async fn append(
             seq: 0,
             hash: GENESIS_HASH.to_string(),
         },
-    };
-    append_after(connection, code_lot, kind, payload, &head).await
+    })
+}
+
+/// Lots per read of chain heads: one `UNION ALL` branch each, far below
+/// SQLite's limit of 500 branches in one compound select.
+const HEADS_PER_READ: usize = 100;
+
+/// Reads the heads of several lots' chains with two statements per 100 lots,
+/// taking their locks first on PostgreSQL as `head` does. A lot with no
+/// event gets the genesis head.
+pub async fn heads(
+    connection: &mut sqlx::AnyConnection,
+    lots: &[&str],
+) -> anyhow::Result<std::collections::HashMap<String, Head>> {
+    let mut sorted = lots.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut heads = std::collections::HashMap::with_capacity(sorted.len());
+    for chunk in sorted.chunks(HEADS_PER_READ) {
+        if connection.backend_name() == "PostgreSQL" {
+            // The locks are taken in the sorted order of the list, so two
+            // writers never wait for each other in a cycle.
+            let sql = format!(
+                "SELECT COUNT(*) AS locked FROM (SELECT pg_advisory_xact_lock($1, hashtext(lot.code)) \
+                 FROM (VALUES {}) AS lot(code)) AS held",
+                crate::store::placeholder_rows_from(2, chunk.len(), 1)
+            );
+            let mut query = sqlx::query(&sql).bind(crate::cluster::LEDGER_LOCK_CLASS);
+            for code_lot in chunk {
+                query = query.bind(*code_lot);
+            }
+            query
+                .fetch_one(&mut *connection)
+                .await
+                .with_context(|| format!("lock the chains of {} lots", chunk.len()))?;
+        }
+        // One backward index probe per lot. A correlated MAX(seq) filter
+        // instead visits every event of the lots.
+        let sql = (1..=chunk.len())
+            .map(|n| {
+                format!(
+                    "SELECT * FROM (SELECT code_lot, seq, hash FROM trace_events \
+                     WHERE code_lot = ${n} ORDER BY seq DESC LIMIT 1) AS head{n}"
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" UNION ALL ");
+        let mut query = sqlx::query(&sql);
+        for code_lot in chunk {
+            query = query.bind(*code_lot);
+        }
+        let rows = query
+            .fetch_all(&mut *connection)
+            .await
+            .with_context(|| format!("read the chain heads of {} lots", chunk.len()))?;
+        for row in rows {
+            let head = Head {
+                seq: row.try_get("seq")?,
+                hash: row.try_get("hash")?,
+            };
+            heads.insert(row.try_get("code_lot")?, head);
+        }
+        for code_lot in chunk {
+            heads.entry(code_lot.to_string()).or_insert_with(|| Head {
+                seq: 0,
+                hash: GENESIS_HASH.to_string(),
+            });
+        }
+    }
+    Ok(heads)
+}
+
+/// An event hashed after its predecessor and ready to insert.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    pub code_lot: String,
+    pub seq: i64,
+    pub kind: &'static str,
+    pub payload: String,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+impl Head {
+    /// Hashes the event that follows this head and moves the head onto it.
+    pub fn chain(&mut self, code_lot: &str, kind: &'static str, payload: &Value) -> NewEvent {
+        let seq = self.seq + 1;
+        let payload = payload.to_string();
+        let hash = event_hash(code_lot, seq, kind, &self.hash, &payload);
+        let prev_hash = std::mem::replace(&mut self.hash, hash.clone());
+        self.seq = seq;
+        NewEvent {
+            code_lot: code_lot.to_string(),
+            seq,
+            kind,
+            payload,
+            prev_hash,
+            hash,
+        }
+    }
+}
+
+/// Events per multi-row insert: 7 parameters each.
+const EVENTS_PER_INSERT: usize = 48;
+
+/// Inserts events hashed by `Head::chain`, on the caller's transaction.
+pub async fn insert(
+    connection: &mut sqlx::AnyConnection,
+    events: &[NewEvent],
+) -> anyhow::Result<()> {
+    let recorded_at = crate::time::now();
+    for chunk in events.chunks(EVENTS_PER_INSERT) {
+        let sql = format!(
+            "INSERT INTO trace_events (code_lot, seq, kind, payload, prev_hash, hash, recorded_at) VALUES {}",
+            crate::store::placeholder_rows(chunk.len(), 7)
+        );
+        let mut query = sqlx::query(&sql);
+        for event in chunk {
+            query = query
+                .bind(&event.code_lot)
+                .bind(event.seq)
+                .bind(event.kind)
+                .bind(&event.payload)
+                .bind(&event.prev_hash)
+                .bind(&event.hash)
+                .bind(&recorded_at);
+        }
+        query.execute(&mut *connection).await.with_context(|| {
+            let first = &chunk[0];
+            format!(
+                "append {} events to the chain of lot {} from seq {}",
+                chunk.len(),
+                first.code_lot,
+                first.seq
+            )
+        })?;
+    }
+    Ok(())
 }
 
 /// Appends an event after `head`, which an earlier append of the same

@@ -17,6 +17,8 @@ pub mod cluster;
 #[cfg(feature = "server")]
 pub mod gavage;
 #[cfg(feature = "server")]
+pub mod group_commit;
+#[cfg(feature = "server")]
 pub mod ingest;
 #[cfg(feature = "server")]
 pub mod ledger;

@@ -1,10 +1,10 @@
 //! Meal ingest: one gavage meal as the simulator or a field tablet sends it.
-//! Both go through `Services::ingest_meal`, which checks the meal against
-//! its lot and stores it in one transaction.
+//! Both go through `Services::ingest_meals`, which checks each meal against
+//! its lot and stores a batch in one transaction.
 
 use crate::params::{validate_code_lot, InvalidParam};
 use crate::services::Services;
-use crate::store::{MealRow, MealStored};
+use crate::store::{MealBatchStored, MealRow, MealStored};
 use crate::views::Event;
 use serde::{Deserialize, Serialize};
 
@@ -127,62 +127,94 @@ impl Services {
     /// Validates a meal, stores it (with the lot's queue row when it is the
     /// last one) and publishes what changed. A refused meal writes nothing.
     pub async fn ingest_meal(&self, payload: &MealPayload) -> Result<MealReceipt, MealError> {
-        validate(payload)?;
-        let fed_at = match &payload.fed_at {
-            Some(text) => crate::time::format(
-                chrono::DateTime::parse_from_rfc3339(text)
-                    .expect("validated above")
-                    .with_timezone(&chrono::Utc),
-            ),
-            None => crate::time::now(),
-        };
-        let moment = if payload.moment == "matin" {
-            "matin"
-        } else {
-            "soir"
-        };
-        let row = MealRow {
-            code_lot: payload.code_lot.clone(),
-            jour: payload.jour as i64,
-            moment,
-            dose_theorique: payload.dose_theorique,
-            dose_reelle: payload.dose_reelle,
-            poids_moyen: payload.poids_moyen,
-            nb_canards_vivants: payload.nb_canards_vivants as i64,
-            taux_mortalite: payload.taux_mortalite,
-            temperature: payload.temperature,
-            humidite: payload.humidite,
-            sim_time: fed_at,
-        };
-        let stored = self.store.ingest_meal(&row).await?;
-        let (meal_id, pret_abattage) = match stored {
-            MealStored::Stored {
-                meal_id,
-                pret_abattage,
-            } => (meal_id, pret_abattage),
-            MealStored::Refused(invalid) => return Err(invalid.into()),
-            MealStored::Duplicate => {
-                return Err(MealError::Duplicate {
-                    code_lot: payload.code_lot.clone(),
-                    jour: payload.jour,
-                    moment: moment.to_string(),
+        let mut receipts = self.ingest_meals(std::slice::from_ref(payload)).await?;
+        Ok(receipts.remove(0))
+    }
+
+    /// Validates meals and stores them in one transaction, in the order
+    /// given, then publishes what changed. The first meal that is invalid,
+    /// refused or already stored fails the whole batch with its error, and
+    /// nothing is written.
+    pub async fn ingest_meals(
+        &self,
+        payloads: &[MealPayload],
+    ) -> Result<Vec<MealReceipt>, MealError> {
+        let rows = payloads
+            .iter()
+            .map(|payload| {
+                validate(payload)?;
+                Ok(meal_row(payload))
+            })
+            .collect::<Result<Vec<_>, InvalidParam>>()?;
+        let stored = match self.store.ingest_meals(&rows).await? {
+            MealBatchStored::Stored(stored) => stored,
+            MealBatchStored::Stopped { index, outcome } => {
+                return Err(match outcome {
+                    MealStored::Refused(invalid) => invalid.into(),
+                    MealStored::Duplicate | MealStored::Stored { .. } => MealError::Duplicate {
+                        code_lot: payloads[index].code_lot.clone(),
+                        jour: payloads[index].jour,
+                        moment: rows[index].moment.to_string(),
+                    },
                 })
             }
         };
-        if pret_abattage {
-            tracing::info!(lot.code = %payload.code_lot, "lot ready for slaughter, queued for inspection");
-            self.bus.publish(Event::LotFinished {
+
+        let receipts: Vec<MealReceipt> = payloads
+            .iter()
+            .zip(&rows)
+            .zip(&stored)
+            .map(|((payload, row), stored)| MealReceipt {
+                meal_id: stored.meal_id,
                 code_lot: payload.code_lot.clone(),
+                jour: payload.jour,
+                moment: row.moment.to_string(),
+                pret_abattage: stored.pret_abattage,
+            })
+            .collect();
+        let mut queued = false;
+        for receipt in receipts.iter().filter(|receipt| receipt.pret_abattage) {
+            tracing::info!(lot.code = %receipt.code_lot, "lot ready for slaughter, queued for inspection");
+            self.bus.publish(Event::LotFinished {
+                code_lot: receipt.code_lot.clone(),
             });
+            queued = true;
+        }
+        if queued {
             self.publish_queue().await?;
         }
-        Ok(MealReceipt {
-            meal_id,
-            code_lot: payload.code_lot.clone(),
-            jour: payload.jour,
-            moment: moment.to_string(),
-            pret_abattage,
-        })
+        Ok(receipts)
+    }
+}
+
+/// Turns a validated meal into the row to store; a meal without `fed_at`
+/// is stamped with the time of receipt.
+fn meal_row(payload: &MealPayload) -> MealRow {
+    let fed_at = match &payload.fed_at {
+        Some(text) => crate::time::format(
+            chrono::DateTime::parse_from_rfc3339(text)
+                .expect("validated before")
+                .with_timezone(&chrono::Utc),
+        ),
+        None => crate::time::now(),
+    };
+    let moment = if payload.moment == "matin" {
+        "matin"
+    } else {
+        "soir"
+    };
+    MealRow {
+        code_lot: payload.code_lot.clone(),
+        jour: payload.jour as i64,
+        moment,
+        dose_theorique: payload.dose_theorique,
+        dose_reelle: payload.dose_reelle,
+        poids_moyen: payload.poids_moyen,
+        nb_canards_vivants: payload.nb_canards_vivants as i64,
+        taux_mortalite: payload.taux_mortalite,
+        temperature: payload.temperature,
+        humidite: payload.humidite,
+        sim_time: fed_at,
     }
 }
 

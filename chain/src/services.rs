@@ -25,6 +25,9 @@ pub struct Services {
     /// Name of this server instance, shown to other instances on the same
     /// PostgreSQL database.
     pub instance: String,
+    /// Graded samples on their way to the store, written in shared
+    /// transactions.
+    pub(crate) samples: crate::group_commit::SampleQueue,
     /// Sender to the running SQAL station, if any.
     station_inbox: Arc<Mutex<Option<mpsc::UnboundedSender<ClaimedLot>>>>,
     /// One lock per task, held from the status check to the spawn, so that
@@ -62,6 +65,7 @@ impl Services {
             public_url: public_url.trim_end_matches('/').to_string(),
             lease_seconds: monitor::LEASE_SECONDS,
             instance: "local".to_string(),
+            samples: Default::default(),
             station_inbox: Arc::new(Mutex::new(None)),
             starting: Arc::new(Default::default()),
         }

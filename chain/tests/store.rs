@@ -3,8 +3,12 @@
 //! database, used only to create one database per test).
 
 use chain::gavage::{MealOutcome, Moment};
+use chain::ingest::SamplePayload;
+use chain::services::Services;
 use chain::sqal::{analyze, simulate};
-use chain::store::{MealRow, MealStored, NewLot, SampleRow, Store, MAX_INSPECTION_ATTEMPTS};
+use chain::store::{
+    MealBatchStored, MealRow, MealStored, NewLot, SampleRow, Store, MAX_INSPECTION_ATTEMPTS,
+};
 use chain::views::IntegrityStatus;
 use rand::SeedableRng;
 
@@ -540,6 +544,258 @@ async fn tampering_breaks_verification() {
             );
         }
         raw.close().await;
+        store.close().await;
+    }
+}
+
+/// Builds every meal of a 12-day lot, in order.
+fn whole_lot_meals(code_lot: &str) -> Vec<MealRow> {
+    (0..=12)
+        .flat_map(|jour| [Moment::Matin, Moment::Soir].map(|moment| meal(code_lot, jour, moment)))
+        .collect()
+}
+
+#[tokio::test]
+async fn meal_batch_spans_lots_and_queues_finished() {
+    let databases = fresh_databases().await;
+    for url in databases.urls.iter() {
+        let store = Store::connect(&url).await.unwrap();
+        store.insert_gavage_run("R1", 2, 1000.0, 7).await.unwrap();
+        let finishing = new_lot(&store, "R1").await;
+        let starting = new_lot(&store, "R1").await;
+        // The finishing lot's meals with the other lot's first three
+        // woven in, as the simulator sends them when it catches up.
+        let mut batch = whole_lot_meals(&finishing);
+        for (position, jour_moment) in [
+            (0, (0, Moment::Matin)),
+            (10, (0, Moment::Soir)),
+            (20, (1, Moment::Matin)),
+        ] {
+            batch.insert(position, meal(&starting, jour_moment.0, jour_moment.1));
+        }
+
+        let MealBatchStored::Stored(stored) = store.ingest_meals(&batch).await.unwrap() else {
+            panic!("{url}: batch not stored");
+        };
+        assert_eq!(stored.len(), batch.len(), "{url}");
+        let finished: Vec<&str> = batch
+            .iter()
+            .zip(&stored)
+            .filter(|(_, stored)| stored.pret_abattage)
+            .map(|(meal, _)| meal.code_lot.as_str())
+            .collect();
+        assert_eq!(finished, [finishing.as_str()], "{url}");
+        assert!(
+            stored.last().unwrap().pret_abattage,
+            "{url}: the last meal of the finishing lot comes last"
+        );
+        let mut ids: Vec<i64> = stored.iter().map(|meal| meal.meal_id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), batch.len(), "{url}: meal ids repeat");
+        assert_eq!(meal_count(&store, &finishing).await, 26, "{url}");
+        assert_eq!(meal_count(&store, &starting).await, 3, "{url}");
+        let claimed = store
+            .claim_next_lot(60.0)
+            .await
+            .unwrap()
+            .expect("a queued lot");
+        assert_eq!(claimed.code_lot, finishing, "{url}");
+        store.close().await;
+    }
+}
+
+#[tokio::test]
+async fn meal_batch_stops_at_first_misfit() {
+    let databases = fresh_databases().await;
+    for url in databases.urls.iter() {
+        let store = Store::connect(&url).await.unwrap();
+        store.insert_gavage_run("R1", 1, 1000.0, 7).await.unwrap();
+        let code = new_lot(&store, "R1").await;
+        store
+            .ingest_meal(&meal(&code, 0, Moment::Matin))
+            .await
+            .unwrap();
+
+        let repeated = [
+            meal(&code, 0, Moment::Soir),
+            meal(&code, 1, Moment::Matin),
+            meal(&code, 0, Moment::Soir),
+        ];
+        let outcome = store.ingest_meals(&repeated).await.unwrap();
+        assert_eq!(
+            outcome,
+            MealBatchStored::Stopped {
+                index: 2,
+                outcome: MealStored::Duplicate
+            },
+            "{url}"
+        );
+
+        let unknown_lot = [
+            meal(&code, 0, Moment::Soir),
+            meal("MT2612999", 0, Moment::Matin),
+        ];
+        let outcome = store.ingest_meals(&unknown_lot).await.unwrap();
+        let MealBatchStored::Stopped {
+            index: 1,
+            outcome: MealStored::Refused(invalid),
+        } = outcome
+        else {
+            panic!("{url}: the unknown lot was not refused: {outcome:?}");
+        };
+        assert_eq!(invalid.field, "code_lot", "{url}");
+        assert_eq!(
+            meal_count(&store, &code).await,
+            1,
+            "{url}: a stopped batch wrote meals"
+        );
+        store.close().await;
+    }
+}
+
+#[tokio::test]
+async fn sample_batch_chains_every_product() {
+    let databases = fresh_databases().await;
+    for url in databases.urls.iter() {
+        let store = Store::connect(&url).await.unwrap();
+        store.insert_gavage_run("R1", 2, 1000.0, 7).await.unwrap();
+        let lots = [new_lot(&store, "R1").await, new_lot(&store, "R1").await];
+        for code in &lots {
+            feed_whole_lot(&store, code).await;
+            store.claim_next_lot(60.0).await.unwrap().expect("claimed");
+        }
+        let measured: Vec<_> = (0..4u64)
+            .map(|seed| {
+                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+                let measurement = simulate(&mut rng, 0.95, 560.0);
+                let analysis = analyze(&measurement);
+                (measurement, analysis)
+            })
+            .collect();
+        let row = |lot: usize, sample_index: u32| SampleRow {
+            code_lot: &lots[lot],
+            sample_index,
+            device_id: "ESP32_LL_01",
+            measurement: &measured[sample_index as usize].0,
+            analysis: &measured[sample_index as usize].1,
+        };
+        let url_base = "http://127.0.0.1:3000";
+        store.record_sample(&row(0, 3), url_base).await.unwrap();
+
+        // Lot 0's sample 3 is stored already and its sample 1 comes twice.
+        let batch = [
+            row(0, 3),
+            row(0, 0),
+            row(1, 0),
+            row(0, 1),
+            row(1, 2),
+            row(0, 1),
+        ];
+        let outcomes = store.record_samples(&batch, url_base).await.unwrap();
+        let stored: Vec<bool> = outcomes
+            .iter()
+            .map(|outcome| outcome.sample_id.is_some())
+            .collect();
+        assert_eq!(stored, [false, true, true, true, true, false], "{url}");
+
+        for (row, outcome) in batch.iter().zip(&outcomes) {
+            let compliant = row.analysis.grade.is_some_and(|grade| grade.is_compliant());
+            let Some(sample_id) = outcome.sample_id else {
+                assert_eq!(outcome.product, None, "{url}: product without a sample");
+                continue;
+            };
+            let Some(product) = &outcome.product else {
+                assert!(
+                    !compliant,
+                    "{url}: compliant sample {} without product",
+                    row.sample_index
+                );
+                continue;
+            };
+            assert!(compliant, "{url}: product for a non-compliant sample");
+            assert_eq!(product.code_lot, row.code_lot, "{url}");
+            assert!(
+                product.product_id.ends_with(&format!("_{sample_id:010}")),
+                "{url}: {} is not numbered by sample {sample_id}",
+                product.product_id
+            );
+            let proof = store
+                .verify(&product.token)
+                .await
+                .unwrap()
+                .expect("a known token");
+            assert_eq!(
+                proof.status,
+                IntegrityStatus::Verified,
+                "{url}: {} {:?}",
+                product.product_id,
+                proof.problems
+            );
+        }
+        store.close().await;
+    }
+}
+
+#[tokio::test]
+async fn concurrent_ingest_stores_every_sample() {
+    let databases = fresh_databases().await;
+    for url in databases.urls.iter() {
+        let store = Store::connect(&url).await.unwrap();
+        store.insert_gavage_run("R1", 2, 1000.0, 7).await.unwrap();
+        let lots = [new_lot(&store, "R1").await, new_lot(&store, "R1").await];
+        for code in &lots {
+            feed_whole_lot(&store, code).await;
+        }
+        let services = Services::new(store.clone(), "http://127.0.0.1:3000");
+
+        const REQUESTS: u32 = 60;
+        let mut requests = tokio::task::JoinSet::new();
+        for request in 0..REQUESTS {
+            let services = services.clone();
+            let code_lot = lots[(request % 2) as usize].clone();
+            requests.spawn(async move {
+                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(request as u64);
+                let measurement = simulate(&mut rng, 0.9, 560.0);
+                let payload =
+                    SamplePayload::new("ESP32_LL_01", &code_lot, request / 2, measurement);
+                services.ingest_sample(&payload).await
+            });
+        }
+        let mut sample_ids = Vec::new();
+        let mut tokens = Vec::new();
+        while let Some(joined) = requests.join_next().await {
+            let receipt = joined
+                .expect("request task")
+                .unwrap_or_else(|error| panic!("{url}: a concurrent sample failed: {error}"));
+            sample_ids.push(receipt.sample_id);
+            tokens.extend(receipt.product.map(|product| product.token));
+        }
+        sample_ids.sort_unstable();
+        sample_ids.dedup();
+        assert_eq!(
+            sample_ids.len(),
+            REQUESTS as usize,
+            "{url}: sample ids repeat"
+        );
+        assert!(
+            !tokens.is_empty(),
+            "{url}: no compliant sample among {REQUESTS}"
+        );
+        for token in &tokens {
+            let proof = store.verify(token).await.unwrap().expect("a known token");
+            assert_eq!(
+                proof.status,
+                IntegrityStatus::Verified,
+                "{url}: {:?}",
+                proof.problems
+            );
+        }
+        let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sqal_samples")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(stored, REQUESTS as i64, "{url}");
         store.close().await;
     }
 }

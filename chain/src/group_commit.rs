@@ -1,0 +1,164 @@
+//! Group commit of graded samples: concurrent ingest requests share one
+//! transaction. Each request queues its sample and starts a writer task
+//! unless enough are running. A writer stores what is queued in batches
+//! through `Store::record_samples` until the queue is empty. A request does
+//! not wait for a batch to fill: its sample goes with the next write, which
+//! takes whatever queued while the previous one ran.
+
+use crate::sqal::{Analysis, Measurement};
+use crate::store::{Engine, SampleOutcome, SampleRow, Store};
+use std::sync::{Arc, Mutex};
+use tokio::sync::oneshot;
+
+/// Largest batch one transaction stores.
+pub const MAX_BATCH: usize = 64;
+
+/// Writers at once: SQLite has one write connection, while PostgreSQL
+/// flushes the commits of concurrent transactions together.
+fn max_writers(engine: Engine) -> usize {
+    match engine {
+        Engine::Sqlite => 1,
+        Engine::Postgres => 1,
+    }
+}
+
+/// A graded sample waiting to be stored.
+pub struct QueuedSample {
+    pub code_lot: String,
+    pub sample_index: u32,
+    pub device_id: String,
+    pub measurement: Measurement,
+    pub analysis: Analysis,
+}
+
+impl QueuedSample {
+    fn row(&self) -> SampleRow<'_> {
+        SampleRow {
+            code_lot: &self.code_lot,
+            sample_index: self.sample_index,
+            device_id: &self.device_id,
+            measurement: &self.measurement,
+            analysis: &self.analysis,
+        }
+    }
+}
+
+struct Waiting {
+    sample: QueuedSample,
+    reply: oneshot::Sender<(QueuedSample, anyhow::Result<SampleOutcome>)>,
+}
+
+#[derive(Default)]
+struct Queue {
+    waiting: Vec<Waiting>,
+    /// Writer tasks draining the queue.
+    writers: usize,
+}
+
+/// Queue of samples on their way to the store, shared by every clone of
+/// `Services`.
+#[derive(Clone, Default)]
+pub struct SampleQueue {
+    queue: Arc<Mutex<Queue>>,
+}
+
+impl SampleQueue {
+    /// Stores `sample` with the samples queued alongside it and returns its
+    /// outcome with the sample, handed back for the caller's events. The write runs in its own task, so a caller that goes away
+    /// (a closed HTTP connection) never leaves a batch half done.
+    pub async fn record(
+        &self,
+        store: &Store,
+        public_url: &str,
+        sample: QueuedSample,
+    ) -> anyhow::Result<(SampleOutcome, QueuedSample)> {
+        let (reply, outcome) = oneshot::channel();
+        let start_writer = {
+            let mut queue = self.queue.lock().expect("sample queue lock");
+            queue.waiting.push(Waiting { sample, reply });
+            let start = queue.writers < max_writers(store.engine());
+            if start {
+                queue.writers += 1;
+            }
+            start
+        };
+        if start_writer {
+            let mut writer = Writer {
+                queue: self.queue.clone(),
+                done: false,
+            };
+            let store = store.clone();
+            let public_url = public_url.to_string();
+            tokio::spawn(async move { writer.drain(&store, &public_url).await });
+        }
+        let (sample, outcome) = outcome
+            .await
+            .map_err(|_| anyhow::anyhow!("the sample writer stopped before storing the sample"))?;
+        Ok((outcome?, sample))
+    }
+}
+
+/// A task that writes queued samples. If it ends before the queue is empty
+/// (a panic), dropping it lets the next request start another.
+struct Writer {
+    queue: Arc<Mutex<Queue>>,
+    /// Set when the writer saw the queue empty and stopped counting itself.
+    done: bool,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        if let Ok(mut queue) = self.queue.lock() {
+            queue.writers -= 1;
+        }
+    }
+}
+
+impl Writer {
+    async fn drain(&mut self, store: &Store, public_url: &str) {
+        loop {
+            let batch: Vec<Waiting> = {
+                let mut queue = self.queue.lock().expect("sample queue lock");
+                if queue.waiting.is_empty() {
+                    queue.writers -= 1;
+                    self.done = true;
+                    return;
+                }
+                let take = queue.waiting.len().min(MAX_BATCH);
+                queue.waiting.drain(..take).collect()
+            };
+            write(store, public_url, batch).await;
+        }
+    }
+}
+
+/// Stores a batch and answers each request. When the batch fails as a
+/// whole, its samples are stored one by one, so that one bad sample fails
+/// alone.
+async fn write(store: &Store, public_url: &str, batch: Vec<Waiting>) {
+    let rows: Vec<SampleRow<'_>> = batch.iter().map(|waiting| waiting.sample.row()).collect();
+    let result = store.record_samples(&rows, public_url).await;
+    drop(rows);
+    match result {
+        Ok(outcomes) => {
+            for (waiting, outcome) in batch.into_iter().zip(outcomes) {
+                // The request may have gone away; its sample is stored anyway.
+                let _ = waiting.reply.send((waiting.sample, Ok(outcome)));
+            }
+        }
+        Err(error) if batch.len() == 1 => {
+            let waiting = batch.into_iter().next().expect("one sample");
+            let _ = waiting.reply.send((waiting.sample, Err(error)));
+        }
+        Err(error) => {
+            tracing::warn!(samples = batch.len(), error = %format!("{error:#}"), "batch of samples failed, storing them one by one");
+            for waiting in batch {
+                let outcome = store.record_sample(&waiting.sample.row(), public_url).await;
+                let _ = waiting.reply.send((waiting.sample, outcome));
+            }
+        }
+    }
+}
