@@ -323,9 +323,11 @@ pub async fn run(
         !gaveurs.is_empty(),
         "the gaveurs table is empty; migrations did not seed it"
     );
-    let mut lots = Vec::with_capacity(params.nb_lots as usize);
+    // Every lot is drawn first, in the order the seed gives, and the new
+    // ones are then created in one transaction.
     let created = Instant::now();
     let created_at = chrono::Utc::now();
+    let mut drawn = Vec::with_capacity(params.nb_lots as usize);
     for index in 0..params.nb_lots {
         let gaveur = gaveurs[rng.gen_range(0..gaveurs.len())].clone();
         let model = LotModel::draw(rng.gen());
@@ -339,23 +341,46 @@ pub async fn run(
         // The lot's clock starts at this real time; its meals then follow
         // 12 simulated hours apart.
         let delay = Duration::from_secs_f64(offset_s / params.acceleration);
-        if let Some(stored) = stored_lots.get(index as usize) {
-            lots.push(resumed_lot(stored, gaveur, model)?);
-            continue;
+        drawn.push((gaveur, model, delay));
+    }
+
+    let mut lots = Vec::with_capacity(drawn.len());
+    let mut fresh = Vec::new();
+    for (index, (gaveur, model, delay)) in drawn.into_iter().enumerate() {
+        match stored_lots.get(index) {
+            Some(stored) => lots.push(resumed_lot(stored, gaveur, model)?),
+            None => fresh.push((
+                gaveur,
+                model,
+                created_at + chrono::Duration::from_std(delay)?,
+                delay,
+            )),
         }
-        let started_at = created_at + chrono::Duration::from_std(delay)?;
-        let code_lot = services
-            .store
-            .create_lot(&NewLot {
-                run_id: &run_id,
-                gaveur_id: gaveur.id,
-                site: &gaveur.site,
-                genetique: model.genetique.as_str(),
-                nb_canards: model.nb_canards,
-                duree_jours: model.duree,
-                started_at: crate::time::format(started_at),
-            })
-            .await?;
+    }
+    let started_at: Vec<String> = fresh
+        .iter()
+        .map(|(_, _, started_at, _)| crate::time::format(*started_at))
+        .collect();
+    let new_lots: Vec<NewLot> = fresh
+        .iter()
+        .zip(&started_at)
+        .map(|((gaveur, model, _, _), started_at)| NewLot {
+            run_id: &run_id,
+            gaveur_id: gaveur.id,
+            site: &gaveur.site,
+            genetique: model.genetique.as_str(),
+            nb_canards: model.nb_canards,
+            duree_jours: model.duree,
+            started_at: started_at.clone(),
+        })
+        .collect();
+    let codes = if new_lots.is_empty() {
+        Vec::new()
+    } else {
+        services.store.create_lots(&new_lots).await?
+    };
+    drop(new_lots);
+    for ((gaveur, model, started_at, delay), code_lot) in fresh.into_iter().zip(codes) {
         let lot = RunningLot {
             code_lot,
             gaveur: gaveur.nom,

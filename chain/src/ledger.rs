@@ -151,10 +151,7 @@ pub async fn head(connection: &mut sqlx::AnyConnection, code_lot: &str) -> anyho
             seq: row.try_get("seq")?,
             hash: row.try_get("hash")?,
         },
-        None => Head {
-            seq: 0,
-            hash: GENESIS_HASH.to_string(),
-        },
+        None => Head::genesis(),
     })
 }
 
@@ -218,10 +215,9 @@ pub async fn heads(
             heads.insert(row.try_get("code_lot")?, head);
         }
         for code_lot in chunk {
-            heads.entry(code_lot.to_string()).or_insert_with(|| Head {
-                seq: 0,
-                hash: GENESIS_HASH.to_string(),
-            });
+            heads
+                .entry(code_lot.to_string())
+                .or_insert_with(Head::genesis);
         }
     }
     Ok(heads)
@@ -239,6 +235,14 @@ pub struct NewEvent {
 }
 
 impl Head {
+    /// Head of a chain with no event yet.
+    pub fn genesis() -> Head {
+        Head {
+            seq: 0,
+            hash: GENESIS_HASH.to_string(),
+        }
+    }
+
     /// Hashes the event that follows this head and moves the head onto it.
     pub fn chain(&mut self, code_lot: &str, kind: &'static str, payload: &Value) -> NewEvent {
         let seq = self.seq + 1;

@@ -127,6 +127,8 @@ pub enum MealBatchStored {
 const MEALS_PER_INSERT: usize = 32;
 /// Lot codes per `IN (…)` read.
 const LOTS_PER_READ: usize = 500;
+/// Lots per multi-row insert, 9 parameters each.
+const LOTS_PER_INSERT: usize = 32;
 
 /// What a batch of meals is checked against: a lot as stored, advanced by
 /// the batch's earlier meals.
@@ -450,53 +452,112 @@ impl Store {
     /// the next sequence number of that site and month, kept in
     /// `lot_sequences` so that later runs never reuse a code.
     pub async fn create_lot(&self, lot: &NewLot<'_>) -> anyhow::Result<String> {
-        let yymm = format!("{}{}", &lot.started_at[2..4], &lot.started_at[5..7]);
-        let mut tx = self.write.begin().await?;
-        let seq: i64 = sqlx::query(
-            "INSERT INTO lot_sequences (site, yymm, last_seq) VALUES ($1, $2, 1) \
-             ON CONFLICT (site, yymm) DO UPDATE SET last_seq = lot_sequences.last_seq + 1 \
-             RETURNING last_seq",
-        )
-        .bind(lot.site)
-        .bind(&yymm)
-        .fetch_one(&mut *tx)
-        .await
-        .context("next lot sequence")?
-        .try_get("last_seq")?;
-        anyhow::ensure!(
-            seq <= 999,
-            "no code_lot left for site {} in {yymm}: 999 lots already",
-            lot.site
-        );
-        let code_lot = format!("{}{}{:03}", lot.site, yymm, seq);
+        let mut codes = self.create_lots(std::slice::from_ref(lot)).await?;
+        Ok(codes.remove(0))
+    }
 
-        sqlx::query(
-            "INSERT INTO lots (code_lot, run_id, gaveur_id, site, genetique, nb_canards, duree_jours, status, started_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 'en_gavage', $8)",
-        )
-        .bind(&code_lot)
-        .bind(lot.run_id)
-        .bind(lot.gaveur_id)
-        .bind(lot.site)
-        .bind(lot.genetique)
-        .bind(lot.nb_canards as i64)
-        .bind(lot.duree_jours as i64)
-        .bind(&lot.started_at)
-        .execute(&mut *tx)
-        .await
-        .with_context(|| format!("insert lot {code_lot}"))?;
-        let event = ledger::lot_created(
-            &code_lot,
-            lot.gaveur_id,
-            lot.site,
-            lot.genetique,
-            lot.nb_canards as i64,
-            lot.duree_jours as i64,
-            &lot.started_at,
-        );
-        ledger::append(&mut tx, &code_lot, ledger::LOT_CREATED, &event).await?;
+    /// Creates lots in one transaction and returns their codes in the order
+    /// given, numbered as `create_lot` called for each in turn would number
+    /// them. A site and month past 999 lots fails the whole batch.
+    pub async fn create_lots(&self, lots: &[NewLot<'_>]) -> anyhow::Result<Vec<String>> {
+        let months: Vec<String> = lots
+            .iter()
+            .map(|lot| format!("{}{}", &lot.started_at[2..4], &lot.started_at[5..7]))
+            .collect();
+        let mut tx = self.write.begin().await?;
+
+        // One sequence bump per site and month, for all its lots at once.
+        let mut wanted: Vec<((&str, &str), i64)> = Vec::new();
+        for (lot, yymm) in lots.iter().zip(&months) {
+            let key = (lot.site, yymm.as_str());
+            match wanted.iter_mut().find(|(seen, _)| *seen == key) {
+                Some((_, count)) => *count += 1,
+                None => wanted.push((key, 1)),
+            }
+        }
+        let mut next_seq = std::collections::HashMap::with_capacity(wanted.len());
+        for ((site, yymm), count) in wanted {
+            let last: i64 = sqlx::query(
+                "INSERT INTO lot_sequences (site, yymm, last_seq) VALUES ($1, $2, $3) \
+                 ON CONFLICT (site, yymm) DO UPDATE SET last_seq = lot_sequences.last_seq + $3 \
+                 RETURNING last_seq",
+            )
+            .bind(site)
+            .bind(yymm)
+            .bind(count)
+            .fetch_one(&mut *tx)
+            .await
+            .context("next lot sequence")?
+            .try_get("last_seq")?;
+            anyhow::ensure!(
+                last <= 999,
+                "no code_lot left for site {site} in {yymm}: {} lots would pass 999",
+                last
+            );
+            next_seq.insert((site, yymm), last - count + 1);
+        }
+        let codes: Vec<String> = lots
+            .iter()
+            .zip(&months)
+            .map(|(lot, yymm)| {
+                let seq = next_seq
+                    .get_mut(&(lot.site, yymm.as_str()))
+                    .expect("every site and month was counted");
+                let code_lot = format!("{}{}{:03}", lot.site, yymm, *seq);
+                *seq += 1;
+                code_lot
+            })
+            .collect();
+
+        for (chunk, chunk_codes) in lots
+            .chunks(LOTS_PER_INSERT)
+            .zip(codes.chunks(LOTS_PER_INSERT))
+        {
+            let sql = format!(
+                "INSERT INTO lots (code_lot, run_id, gaveur_id, site, genetique, nb_canards, duree_jours, \
+                 status, started_at) VALUES {}",
+                placeholder_rows(chunk.len(), 9)
+            );
+            let mut query = sqlx::query(&sql);
+            for (lot, code_lot) in chunk.iter().zip(chunk_codes) {
+                query = query
+                    .bind(code_lot)
+                    .bind(lot.run_id)
+                    .bind(lot.gaveur_id)
+                    .bind(lot.site)
+                    .bind(lot.genetique)
+                    .bind(lot.nb_canards as i64)
+                    .bind(lot.duree_jours as i64)
+                    .bind("en_gavage")
+                    .bind(&lot.started_at);
+            }
+            query.execute(&mut *tx).await.with_context(|| {
+                format!(
+                    "insert lots {} to {}",
+                    chunk_codes[0],
+                    chunk_codes[chunk_codes.len() - 1]
+                )
+            })?;
+        }
+        let events: Vec<ledger::NewEvent> = lots
+            .iter()
+            .zip(&codes)
+            .map(|(lot, code_lot)| {
+                let payload = ledger::lot_created(
+                    code_lot,
+                    lot.gaveur_id,
+                    lot.site,
+                    lot.genetique,
+                    lot.nb_canards as i64,
+                    lot.duree_jours as i64,
+                    &lot.started_at,
+                );
+                ledger::Head::genesis().chain(code_lot, ledger::LOT_CREATED, &payload)
+            })
+            .collect();
+        ledger::insert(&mut tx, &events).await?;
         tx.commit().await?;
-        Ok(code_lot)
+        Ok(codes)
     }
 
     /// Stores one meal after checking it against its lot, in one
@@ -729,7 +790,8 @@ impl Store {
                 ORDER BY created_at, code_lot LIMIT 1{lock}) \
              AND (SELECT COUNT(*) FROM sqal_pending_lots \
                 WHERE status = 'inspecting' AND lease_until >= $2) < $4 \
-             RETURNING code_lot, poids_moyen_final, attempts"
+             RETURNING code_lot, poids_moyen_final, attempts, \
+             (SELECT run_id FROM lots WHERE lots.code_lot = sqal_pending_lots.code_lot) AS run_id"
         );
         let mut tx = self.write.begin().await?;
         if self.engine == Engine::Postgres {
@@ -759,11 +821,7 @@ impl Store {
         let attempts: i64 = row.try_get("attempts")?;
         let event = ledger::inspection_started(attempts, &now);
         ledger::append(&mut tx, &code_lot, ledger::INSPECTION_STARTED, &event).await?;
-        let run_id: String = sqlx::query("SELECT run_id FROM lots WHERE code_lot = $1")
-            .bind(&code_lot)
-            .fetch_one(&mut *tx)
-            .await?
-            .try_get("run_id")?;
+        let run_id: String = row.try_get("run_id")?;
         tx.commit().await?;
         Ok(Some(ClaimedLot {
             code_lot,
@@ -1126,7 +1184,9 @@ impl Store {
              FROM sqal_samples WHERE code_lot = $1",
         )
         .bind(code_lot)
-        .fetch_one(&self.write)
+        // Samples are committed before they are counted, so a read
+        // connection sees them and the writer stays free.
+        .fetch_one(&self.read)
         .await?;
         Ok((row.try_get("compliant")?, row.try_get("valid")?))
     }

@@ -799,3 +799,39 @@ async fn concurrent_ingest_stores_every_sample() {
         store.close().await;
     }
 }
+
+#[tokio::test]
+async fn lot_batch_numbers_like_single_creates() {
+    let databases = fresh_databases().await;
+    for url in databases.urls.iter() {
+        let store = Store::connect(url).await.unwrap();
+        store.insert_gavage_run("R1", 5, 1000.0, 7).await.unwrap();
+        assert_eq!(new_lot(&store, "R1").await, "LL2612001", "{url}");
+        let lot = |site, started_at: &str| NewLot {
+            run_id: "R1",
+            gaveur_id: 1,
+            site,
+            genetique: "Mulard",
+            nb_canards: 50,
+            duree_jours: 12,
+            started_at: started_at.to_string(),
+        };
+        let batch = [
+            lot("LL", "2026-12-31T23:00:00.000Z"),
+            lot("MT", "2026-12-31T23:00:00.000Z"),
+            lot("LL", "2027-01-01T01:00:00.000Z"),
+            lot("LL", "2026-12-31T23:30:00.000Z"),
+        ];
+        let codes = store.create_lots(&batch).await.unwrap();
+        assert_eq!(
+            codes,
+            ["LL2612002", "MT2612001", "LL2701001", "LL2612003"],
+            "{url}"
+        );
+        assert_eq!(new_lot(&store, "R1").await, "LL2612004", "{url}");
+
+        let lots = store.run_lots("R1").await.unwrap();
+        assert_eq!(lots.len(), 6, "{url}");
+        store.close().await;
+    }
+}
