@@ -385,7 +385,10 @@ impl LiveState {
     }
 }
 
-#[component]
+/// Everything on the demo page that changes after it loaded. An island: the
+/// browser hydrates it from the snapshot the server serialised into its
+/// props.
+#[island]
 fn Live(snapshot: ChainSnapshot) -> impl IntoView {
     let lang = use_lang();
     let state = LiveState::new(snapshot);
