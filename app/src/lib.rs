@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod demo;
+pub mod events;
 pub mod i18n;
 pub mod scan;
 pub mod trace;
