@@ -385,7 +385,10 @@ impl LiveState {
     }
 }
 
-#[component]
+/// Everything on the demo page that changes after it loaded. An island: the
+/// browser hydrates it from the snapshot the server serialised into its
+/// props.
+#[island]
 fn Live(snapshot: ChainSnapshot) -> impl IntoView {
     let lang = use_lang();
     let state = LiveState::new(snapshot);
@@ -1055,7 +1058,6 @@ mod stream {
 
     use super::LiveState;
     use crate::i18n::Lang;
-    use chain::views::EventEnvelope;
     use leptos::prelude::*;
     use wasm_bindgen::closure::Closure;
     use wasm_bindgen::JsCast;
@@ -1074,7 +1076,7 @@ mod stream {
                 let Some(text) = message.data().as_string() else {
                     return;
                 };
-                match serde_json::from_str::<EventEnvelope>(&text) {
+                match crate::events::parse_envelope(&text) {
                     Ok(envelope) => state.apply(lang, envelope),
                     Err(error) => leptos::logging::warn!("unreadable event: {error}"),
                 }

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod demo;
+pub mod events;
 pub mod i18n;
 pub mod scan;
 pub mod trace;
@@ -30,7 +31,7 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
                 <meta name="viewport" content="width=device-width, initial-scale=1"/>
                 <meta name="theme-color" content="#7a2e3a"/>
                 <AutoReload options=options.clone()/>
-                <HydrationScripts options/>
+                <HydrationScripts options islands=true/>
                 <MetaTags/>
             </head>
             <body>
@@ -52,7 +53,10 @@ pub fn App() -> impl IntoView {
         <Router>
             <Routes fallback=move || view! { <NotFound/> }>
                 <Route path=path!("/") view=Home/>
-                <Route path=path!("/e2e-demo") view=demo::DemoPage/>
+                // Async: the loader hydrates the islands it finds once the page
+                // has loaded, so the demo's island must not arrive later in a
+                // streamed Suspense fragment.
+                <Route path=path!("/e2e-demo") view=demo::DemoPage ssr=SsrMode::Async/>
                 <Route path=path!("/trace") view=trace::TraceLookup ssr=SsrMode::Async/>
                 <Route path=path!("/trace/:token") view=trace::TracePage ssr=SsrMode::Async/>
             </Routes>
@@ -60,9 +64,11 @@ pub fn App() -> impl IntoView {
     }
 }
 
-/// Returns the language of the page, provided by `App`.
+/// Returns the language of the page: the one `App` provides on the server.
+/// An island hydrated in the browser has no such context and reads it from
+/// `<html lang>`, as rendered by the server.
 pub fn use_lang() -> Lang {
-    use_context::<Lang>().unwrap_or(Lang::Fr)
+    use_context::<Lang>().unwrap_or_else(i18n::request_lang)
 }
 
 /// Link that reloads the current page in the other language.
@@ -113,10 +119,12 @@ fn NotFound() -> impl IntoView {
     }
 }
 
-/// Entry point of the WASM bundle: hydrates the server-rendered page.
+/// Entry point of the WASM bundle. The pages stay as the server rendered
+/// them, and the loader script then hydrates each `#[island]` component
+/// found in them.
 #[cfg(feature = "hydrate")]
 #[wasm_bindgen::prelude::wasm_bindgen]
 pub fn hydrate() {
     console_error_panic_hook::set_once();
-    leptos::mount::hydrate_body(App);
+    leptos::mount::hydrate_islands();
 }

@@ -68,8 +68,9 @@ enum ScanState {
 }
 
 /// Scan button, photo picker and the camera view. Shown only once the page
-/// runs JavaScript; without it the typed-code form above still works.
-#[component]
+/// runs JavaScript; without it the typed-code form above still works. An
+/// island, hydrated on its own in the server-rendered lookup page.
+#[island]
 pub fn QrScanner() -> impl IntoView {
     let lang = use_lang();
     let interactive = RwSignal::new(false);

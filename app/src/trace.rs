@@ -288,8 +288,9 @@ fn IntegrityCard(proof: IntegrityProof, token: String) -> impl IntoView {
 /// Link to this page with a share button. The button appears once the
 /// page runs JavaScript: it opens the phone's share sheet (Web Share API)
 /// or, where there is none, copies the link. Without JavaScript the link
-/// shows as text to copy.
-#[component]
+/// shows as text to copy. An island: the only part of this page that the
+/// browser hydrates.
+#[island]
 fn ShareLink(path: String) -> impl IntoView {
     let lang = use_lang();
     let interactive = RwSignal::new(false);

@@ -1,6 +1,11 @@
 //! The Filière server: builds the application from a configuration and runs
 //! it until Ctrl-C or SIGTERM. `main` and the tests both go through `build`.
 
+// The demo page's island view type is laid out in this crate and nests
+// deeper than the compiler's default limit when component types are not
+// erased, as in `cargo test`.
+#![recursion_limit = "256"]
+
 pub mod api;
 pub mod config;
 pub mod events;
