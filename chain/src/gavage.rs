@@ -417,6 +417,7 @@ pub async fn run(
         let mut payloads = Vec::new();
         let mut progress = Vec::new();
         for lot in lots.iter_mut() {
+            let mut latest = None;
             while !lot.model.is_finished()
                 && lot.due(lot.model.meals_done(), params.acceleration) <= now
             {
@@ -448,8 +449,12 @@ pub async fn run(
                     "en_gavage"
                 };
                 // Taken now: the lot's later meals in the batch move its model on.
-                progress.push(lot.progress(Some(&meal), status));
+                latest = Some(lot.progress(Some(&meal), status));
             }
+            // One event per lot and batch, with its progress after its last
+            // meal: a run catching up would otherwise flood the streams with
+            // states that are already out of date.
+            progress.extend(latest);
         }
         if payloads.is_empty() {
             continue;

@@ -21,6 +21,10 @@ pub struct ClaimedLot {
     pub run_id: String,
     pub poids_moyen_final: f64,
     pub attempts: i64,
+    /// End of the short while in which the lease this process's claim set
+    /// is still almost whole, so that the station need not renew it. `None`
+    /// for a claim read back from the database.
+    pub fresh_until: Option<std::time::Instant>,
 }
 
 /// Claims every lot that is waiting and hands each to the station. Returns

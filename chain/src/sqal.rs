@@ -797,10 +797,16 @@ async fn inspect(
     // A lot can wait in the inbox past its lease and be claimed a second
     // time. The copy that comes second finds it inspected and skips it.
     // Starting renews the lease, so waiting does not eat into inspection.
-    if !services
-        .store
-        .start_inspection(&lot.code_lot, services.lease_seconds)
-        .await?
+    // A claim made a moment ago cannot have been claimed again, and its
+    // lease is still whole.
+    let fresh = lot
+        .fresh_until
+        .is_some_and(|until| std::time::Instant::now() < until);
+    if !fresh
+        && !services
+            .store
+            .start_inspection(&lot.code_lot, services.lease_seconds)
+            .await?
     {
         tracing::info!(lot.code = %lot.code_lot, "lot already inspected, skipped");
         return Ok(true);

@@ -823,11 +823,15 @@ impl Store {
         ledger::append(&mut tx, &code_lot, ledger::INSPECTION_STARTED, &event).await?;
         let run_id: String = row.try_get("run_id")?;
         tx.commit().await?;
+        // A tenth of the lease, at most a second (none for a lease that has
+        // already run out, as tests set).
+        let fresh_for = Duration::from_secs_f64((lease_seconds / 10.0).clamp(0.0, 1.0));
         Ok(Some(ClaimedLot {
             code_lot,
             run_id,
             poids_moyen_final: row.try_get("poids_moyen_final")?,
             attempts,
+            fresh_until: Some(std::time::Instant::now() + fresh_for),
         }))
     }
 
@@ -1816,6 +1820,7 @@ impl Store {
                 run_id: row.try_get("run_id")?,
                 poids_moyen_final: row.try_get("poids_moyen_final")?,
                 attempts: row.try_get("attempts")?,
+                fresh_until: None,
             })
         })
         .transpose()
