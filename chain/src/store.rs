@@ -856,9 +856,9 @@ impl Store {
     /// comes earlier in the batch, is left out and gets no product.
     ///
     /// The batch costs a few statements whatever its size: one insert per
-    /// chunk of samples, of products and of chain events, and one chain
-    /// head per lot. The device ingest gathers concurrent requests into one
-    /// call this way.
+    /// chunk of samples, of products and of chain events, and one read of
+    /// the chain heads of its lots (with their locks on PostgreSQL). The
+    /// device ingest gathers concurrent requests into one call this way.
     pub async fn record_samples(
         &self,
         samples: &[SampleRow<'_>],
@@ -902,7 +902,6 @@ impl Store {
             .collect();
         lots.sort_unstable();
         lots.dedup();
-        let sites = Self::sites_of(&mut tx, &lots).await?;
         let mut heads = ledger::heads(&mut tx, &lots).await?;
 
         let mut events = Vec::new();
@@ -940,9 +939,11 @@ impl Store {
                 continue;
             };
 
-            let site = sites
-                .get(sample.code_lot)
-                .with_context(|| format!("lot {} of a stored sample not found", sample.code_lot))?;
+            // A code_lot starts with its lot's site: create_lots builds it so.
+            let site = sample
+                .code_lot
+                .get(..2)
+                .with_context(|| format!("code_lot {:?} has no site", sample.code_lot))?;
             // Numbered by its sample, which has at most one product.
             let product_id = format!(
                 "FG_{}_{}_{:010}",
@@ -1063,32 +1064,6 @@ impl Store {
             stored.insert(key, row.try_get("id")?);
         }
         Ok(())
-    }
-
-    /// Reads the site of each lot in `lots`.
-    async fn sites_of(
-        tx: &mut sqlx::AnyConnection,
-        lots: &[&str],
-    ) -> anyhow::Result<std::collections::HashMap<String, String>> {
-        let mut sites = std::collections::HashMap::with_capacity(lots.len());
-        for chunk in lots.chunks(LOTS_PER_READ) {
-            let sql = format!(
-                "SELECT code_lot, site FROM lots WHERE code_lot IN ({})",
-                placeholder_list(chunk.len())
-            );
-            let mut query = sqlx::query(&sql);
-            for code_lot in chunk {
-                query = query.bind(*code_lot);
-            }
-            for row in query
-                .fetch_all(&mut *tx)
-                .await
-                .context("read the sites of lots")?
-            {
-                sites.insert(row.try_get("code_lot")?, row.try_get("site")?);
-            }
-        }
-        Ok(sites)
     }
 
     /// Inserts products with one statement; each refers to its sample.
