@@ -6,13 +6,16 @@ import path from "node:path";
 
 // This journey restarts the server, so it runs its own instance of the
 // binary that `cargo leptos end-to-end` built, on its own port and database.
+// FILIERE_SERVER_BINARY names another build of it, for example the release
+// binary or one under a custom CARGO_TARGET_DIR.
 const port = Number(process.env.FILIERE_LIVE_PORT ?? 3927);
 const base = `http://127.0.0.1:${port}`;
 const root = path.resolve(__dirname, "..", "..");
+const serverBinary = path.resolve(root, process.env.FILIERE_SERVER_BINARY ?? path.join("target", "debug", "filiere"));
 const databaseDir = mkdtempSync(path.join(tmpdir(), "filiere-live-"));
 
 function startServer(): ChildProcess {
-  const server = spawn(path.join(root, "target", "debug", "filiere"), [], {
+  const server = spawn(serverBinary, [], {
     cwd: root,
     env: {
       ...process.env,

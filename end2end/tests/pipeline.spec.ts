@@ -1,9 +1,24 @@
 import { expect, test } from "@playwright/test";
 
 test("pipeline click leads to trace page", async ({ page }) => {
+  // A WASM bundle that fails at start-up (as one rewritten by Binaryen 108's
+  // wasm-opt does) shows up here as an uncaught error or a console error.
+  const pageErrors: string[] = [];
+  page.on("pageerror", (error) => pageErrors.push(`uncaught: ${error.message}`));
+  page.on("console", (message) => {
+    // The site has no favicon, and Chromium logs its 404 as an error.
+    if (message.type() !== "error" || message.location().url.endsWith("/favicon.ico")) return;
+    pageErrors.push(`console: ${message.text()}`);
+  });
+
   await page.goto("/e2e-demo");
-  // The stream connects once the page is hydrated: only then do buttons work.
-  await expect(page.getByTestId("check-stream")).toContainText("flux en direct connecté", { timeout: 30_000 });
+  try {
+    // The stream connects once the page is hydrated: only then do buttons work.
+    await expect(page.getByTestId("check-stream")).toContainText("flux en direct connecté", { timeout: 30_000 });
+  } finally {
+    // Reported in place of the timeout above when the page logged an error.
+    expect(pageErrors, "errors while the demo page started").toEqual([]);
+  }
 
   await page.getByRole("button", { name: "Démarrer le pipeline (auto)" }).click();
   await expect(page.getByTestId("pipeline-status")).toContainText("En attente du premier produit");
