@@ -283,9 +283,13 @@ mod tests {
 
     #[test]
     fn unknown_event_type_is_an_error() {
-        let text = r#"{"id":1,"at":"2026-12-05T05:20:00Z","event":{"type":"lot_eaten","code_lot":"X"}}"#;
+        let text =
+            r#"{"id":1,"at":"2026-12-05T05:20:00Z","event":{"type":"lot_eaten","code_lot":"X"}}"#;
         let error = parse_envelope(text).unwrap_err().to_string();
-        assert!(error.contains("unknown event type \"lot_eaten\""), "{error}");
+        assert!(
+            error.contains("unknown event type \"lot_eaten\""),
+            "{error}"
+        );
     }
 
     #[test]
