@@ -116,11 +116,13 @@ pub struct Head {
 pub async fn append(
     connection: &mut sqlx::AnyConnection,
     code_lot: &str,
-    kind: &str,
+    kind: &'static str,
     payload: &Value,
 ) -> anyhow::Result<Head> {
-    let head = head(connection, code_lot).await?;
-    append_after(connection, code_lot, kind, payload, &head).await
+    let mut head = head(connection, code_lot).await?;
+    let event = head.chain(code_lot, kind, payload);
+    insert(connection, &[event]).await?;
+    Ok(head)
 }
 
 /// Reads the last event of a lot's chain, or the genesis head of an empty
@@ -172,8 +174,10 @@ pub async fn heads(
     let mut heads = std::collections::HashMap::with_capacity(sorted.len());
     for chunk in sorted.chunks(HEADS_PER_READ) {
         if connection.backend_name() == "PostgreSQL" {
-            // The locks are taken in the sorted order of the list, so two
-            // writers never wait for each other in a cycle.
+            // The list is sorted so that two writers take the locks in the
+            // same order and never wait for each other in a cycle.
+            // NOTE: this relies on PostgreSQL scanning a VALUES list in the
+            // order written, which it does but does not document.
             let sql = format!(
                 "SELECT COUNT(*) AS locked FROM (SELECT pg_advisory_xact_lock($1, hashtext(lot.code)) \
                  FROM (VALUES {}) AS lot(code)) AS held",
@@ -297,36 +301,6 @@ pub async fn insert(
         })?;
     }
     Ok(())
-}
-
-/// Appends an event after `head`, which an earlier append of the same
-/// transaction returned: the transaction already holds the lot's chain, so
-/// neither the lock nor the head is read again.
-pub async fn append_after(
-    connection: &mut sqlx::AnyConnection,
-    code_lot: &str,
-    kind: &str,
-    payload: &Value,
-    head: &Head,
-) -> anyhow::Result<Head> {
-    let seq = head.seq + 1;
-    let payload = payload.to_string();
-    let hash = event_hash(code_lot, seq, kind, &head.hash, &payload);
-    sqlx::query(
-        "INSERT INTO trace_events (code_lot, seq, kind, payload, prev_hash, hash, recorded_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-    )
-    .bind(code_lot)
-    .bind(seq)
-    .bind(kind)
-    .bind(&payload)
-    .bind(&head.hash)
-    .bind(&hash)
-    .bind(crate::time::now())
-    .execute(&mut *connection)
-    .await
-    .with_context(|| format!("append {kind} to the chain of lot {code_lot}"))?;
-    Ok(Head { seq, hash })
 }
 
 #[cfg(test)]

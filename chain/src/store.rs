@@ -121,17 +121,17 @@ pub enum MealBatchStored {
 }
 
 /// Meals per multi-row insert, 12 parameters each. Through sqlx 0.8's
-/// SQLite driver the cost per row grows with the statement: 1,350 meals took
-/// about 19 ms in chunks of 16 or 50 rows, 41 ms in chunks of 100 and 150 ms
-/// in chunks of 400 (release build, 2 cores).
+/// SQLite driver the cost per row grows with the statement. 1,350 meals took
+/// about 19 ms in chunks of 16 or 50 rows, 41 ms in chunks of 100 and
+/// 150 ms in chunks of 400 (bench/chain_throughput.py, release, 2 cores).
 const MEALS_PER_INSERT: usize = 32;
 /// Lot codes per `IN (…)` read.
 const LOTS_PER_READ: usize = 500;
 /// Lots per multi-row insert, 9 parameters each.
 const LOTS_PER_INSERT: usize = 32;
 
-/// What a batch of meals is checked against: a lot as stored, advanced by
-/// the batch's earlier meals.
+/// State of a lot that a batch of meals is checked against: the lot as
+/// stored, advanced by the batch's earlier meals.
 struct LotForMeals {
     status: String,
     duree: i64,
@@ -580,10 +580,10 @@ impl Store {
     /// batch may carry several meals of one lot. The first meal that is
     /// refused or already stored stops the batch and nothing is written.
     ///
-    /// A batch costs a few statements whatever its size (one lot read, one
-    /// insert per 400 meals, and the queueing of each finished lot), where
-    /// one transaction per meal costs four: the simulator stores every meal
-    /// that falls due at once this way.
+    /// A batch costs one lot read, one insert per `MEALS_PER_INSERT` meals
+    /// and the queueing of each finished lot, where one transaction per meal
+    /// costs four statements. The simulator stores every meal that falls due
+    /// at once this way.
     pub async fn ingest_meals(&self, meals: &[MealRow]) -> anyhow::Result<MealBatchStored> {
         let mut tx = self.write.begin().await?;
         let mut lots = self.lots_for_meals(&mut tx, meals).await?;
@@ -746,6 +746,7 @@ impl Store {
         .bind(&meal.code_lot)
         .execute(&mut *tx)
         .await?;
+
         sqlx::query(
             "INSERT INTO sqal_pending_lots (code_lot, gaveur_id, site, genetique, poids_moyen_final, \
              nb_canards_final, taux_mortalite, slaughter_at, status, attempts, created_at, updated_at) \
@@ -760,6 +761,7 @@ impl Store {
         .execute(&mut *tx)
         .await
         .with_context(|| format!("queue lot {} for inspection", meal.code_lot))?;
+
         let event = ledger::gavage_finished(
             meal.poids_moyen,
             meal.nb_canards_vivants,
@@ -1164,7 +1166,7 @@ impl Store {
         )
         .bind(code_lot)
         // Samples are committed before they are counted, so a read
-        // connection sees them and the writer stays free.
+        // connection finds them all and the writer stays free.
         .fetch_one(&self.read)
         .await?;
         Ok((row.try_get("compliant")?, row.try_get("valid")?))
