@@ -1,8 +1,9 @@
 //! Reading a product's QR code on `/trace`: with the phone camera, or from
-//! a photo. Frames go to the browser's `BarcodeDetector` where it exists
-//! and are otherwise decoded in WASM by `rqrr`; photos are always decoded
-//! in WASM. A scanned Filière URL opens its trace page, anything else gets
-//! a message.
+//! a photo. Camera frames go to the browser's `BarcodeDetector` where it
+//! exists. Otherwise, and for photos, the picture is sent as a JPEG to
+//! `POST /api/scan` and decoded on the server, so the decoder stays out of
+//! the WASM bundle. A scanned Filière URL opens its trace page, anything
+//! else gets a message.
 
 use crate::use_lang;
 use leptos::prelude::*;
@@ -41,20 +42,6 @@ pub fn scanned_trace_path(text: &str) -> Option<String> {
         Some(query) => format!("/trace/{token}?{query}"),
         None => format!("/trace/{token}"),
     })
-}
-
-/// Decodes the first QR code found in a greyscale image, row by row.
-#[cfg(any(feature = "hydrate", test))]
-pub fn decode_luma(width: usize, height: usize, luma: &[u8]) -> Option<String> {
-    if width == 0 || height == 0 || luma.len() < width * height {
-        return None;
-    }
-    let mut image =
-        rqrr::PreparedImage::prepare_from_greyscale(width, height, |x, y| luma[y * width + x]);
-    image
-        .detect_grids()
-        .iter()
-        .find_map(|grid| grid.decode().ok().map(|(_, content)| content))
 }
 
 /// Outcome of one attempt at reading a code. Only the browser build reads
@@ -157,53 +144,127 @@ fn open_scanned(text: &str, state: RwSignal<ScanState>, lang: crate::i18n::Lang)
 
 #[cfg(feature = "hydrate")]
 mod browser {
-    use super::{decode_luma, open_scanned, ScanState};
+    use super::{open_scanned, ScanState};
     use crate::i18n::Lang;
     use leptos::prelude::*;
     use leptos::task::spawn_local;
     use wasm_bindgen::prelude::*;
     use wasm_bindgen::JsCast;
 
-    /// Largest side of the image handed to the decoder, in pixels.
+    /// Largest side of a picture sent to the server, in pixels. A code
+    /// that spans a tenth of the photo still gets about 100 pixels.
     const MAX_SIDE: f64 = 1024.0;
+    /// JPEG quality of the pictures sent; lower blurs the modules' edges.
+    const JPEG_QUALITY: f64 = 0.9;
+
+    /// Result of one picture read by the server.
+    enum Reading {
+        Text(String),
+        NoCode,
+        /// Failure to send or read the picture, with the message to show.
+        Failed(&'static str),
+    }
 
     /// Draws `source` (an image or a video) on the canvas at most
-    /// `MAX_SIDE` wide or high, and returns its pixels as greyscale.
-    fn grey_pixels(
+    /// `MAX_SIDE` wide or high. False when there is nothing to draw.
+    fn draw(
         canvas: &web_sys::HtmlCanvasElement,
         source: &JsValue,
         width: f64,
         height: f64,
-    ) -> Option<(usize, usize, Vec<u8>)> {
+    ) -> bool {
         if width < 1.0 || height < 1.0 {
-            return None;
+            return false;
         }
         let scale = (MAX_SIDE / width.max(height)).min(1.0);
         let (w, h) = ((width * scale).round(), (height * scale).round());
         canvas.set_width(w as u32);
         canvas.set_height(h as u32);
-        let context = canvas
+        let Some(context) = canvas
             .get_context("2d")
-            .ok()??
-            .dyn_into::<web_sys::CanvasRenderingContext2d>()
-            .ok()?;
+            .ok()
+            .flatten()
+            .and_then(|context| context.dyn_into::<web_sys::CanvasRenderingContext2d>().ok())
+        else {
+            return false;
+        };
         if let Some(image) = source.dyn_ref::<web_sys::HtmlImageElement>() {
             context
                 .draw_image_with_html_image_element_and_dw_and_dh(image, 0.0, 0.0, w, h)
-                .ok()?;
+                .is_ok()
         } else if let Some(video) = source.dyn_ref::<web_sys::HtmlVideoElement>() {
             context
                 .draw_image_with_html_video_element_and_dw_and_dh(video, 0.0, 0.0, w, h)
-                .ok()?;
+                .is_ok()
         } else {
-            return None;
+            false
         }
-        let rgba = context.get_image_data(0.0, 0.0, w, h).ok()?.data();
-        let grey = rgba
-            .chunks_exact(4)
-            .map(|px| ((px[0] as u32 * 299 + px[1] as u32 * 587 + px[2] as u32 * 114) / 1000) as u8)
-            .collect();
-        Some((w as usize, h as usize, grey))
+    }
+
+    /// Sends the canvas as a JPEG to `POST /api/scan` and reads the response.
+    async fn read_on_server(canvas: &web_sys::HtmlCanvasElement, lang: Lang) -> Reading {
+        let failed = Reading::Failed(lang.tr(
+            "Le serveur n'a pas pu lire l'image. Réessayez dans un instant.",
+            "The server could not read the picture. Try again in a moment.",
+        ));
+        let encoded = js_sys::Promise::new(&mut |resolve, _| {
+            if canvas
+                .to_blob_with_type_and_encoder_options(
+                    &resolve,
+                    "image/jpeg",
+                    &JsValue::from_f64(JPEG_QUALITY),
+                )
+                .is_err()
+            {
+                let _ = resolve.call1(&JsValue::NULL, &JsValue::NULL);
+            }
+        });
+
+        let Ok(blob) = wasm_bindgen_futures::JsFuture::from(encoded).await else {
+            return failed;
+        };
+        if blob.is_null() {
+            return failed;
+        }
+
+        let init = web_sys::RequestInit::new();
+        init.set_method("POST");
+        init.set_body(&blob);
+        let headers = js_sys::Object::new();
+        let _ = js_sys::Reflect::set(&headers, &"Content-Type".into(), &"image/jpeg".into());
+        init.set_headers(&headers);
+        let Some(window) = web_sys::window() else {
+            return failed;
+        };
+
+        let outcome = async {
+            let response: web_sys::Response = wasm_bindgen_futures::JsFuture::from(
+                window.fetch_with_str_and_init("/api/scan", &init),
+            )
+            .await
+            .ok()?
+            .dyn_into()
+            .ok()?;
+            let body = wasm_bindgen_futures::JsFuture::from(response.json().ok()?)
+                .await
+                .ok()?;
+            let field = |name: &str| {
+                js_sys::Reflect::get(&body, &name.into())
+                    .ok()
+                    .and_then(|value| value.as_string())
+            };
+            Some((response.status(), field("text"), field("error")))
+        };
+
+        match outcome.await {
+            Some((200, Some(text), _)) => Reading::Text(text),
+            Some((_, _, Some(error))) if error == "no_code" => Reading::NoCode,
+            Some((_, _, Some(error))) if error == "bad_image" => Reading::Failed(lang.tr(
+                "Ce fichier n'est pas une image lisible.",
+                "This file is not a readable image.",
+            )),
+            _ => failed,
+        }
     }
 
     pub fn read_photo(
@@ -244,24 +305,37 @@ mod browser {
             let Some(canvas) = canvas.get_untracked() else {
                 return;
             };
-            let pixels = grey_pixels(
+            let source: JsValue = loaded.clone().into();
+            if !draw(
                 &canvas,
-                &loaded.clone().into(),
+                &source,
                 loaded.natural_width() as f64,
                 loaded.natural_height() as f64,
-            );
-            match pixels.and_then(|(w, h, grey)| decode_luma(w, h, &grey)) {
-                Some(text) => {
-                    open_scanned(&text, state, lang);
-                }
-                None => state.set(ScanState::Problem(
+            ) {
+                state.set(ScanState::Problem(
                     lang.tr(
-                        "Aucun QR code lisible sur cette photo. Reprenez-la de plus près, bien à plat.",
-                        "No readable QR code in this photo. Take it again closer, with the code flat.",
+                        "Ce fichier n'est pas une image lisible.",
+                        "This file is not a readable image.",
                     )
                     .to_string(),
-                )),
+                ));
+                return;
             }
+            spawn_local(async move {
+                match read_on_server(&canvas, lang).await {
+                    Reading::Text(text) => {
+                        open_scanned(&text, state, lang);
+                    }
+                    Reading::NoCode => state.set(ScanState::Problem(
+                        lang.tr(
+                            "Aucun QR code lisible sur cette photo. Reprenez-la de plus près, bien à plat.",
+                            "No readable QR code in this photo. Take it again closer, with the code flat.",
+                        )
+                        .to_string(),
+                    )),
+                    Reading::Failed(message) => state.set(ScanState::Problem(message.to_string())),
+                }
+            });
         });
         let on_error = Closure::once_into_js(move || {
             state.set(ScanState::Problem(
@@ -362,13 +436,24 @@ mod browser {
                 let source: JsValue = video.clone().into();
                 let text = match &detector {
                     Some(detector) => detect_with(detector, &source).await,
-                    None => grey_pixels(
+                    None if draw(
                         &canvas,
                         &source,
                         video.video_width() as f64,
                         video.video_height() as f64,
-                    )
-                    .and_then(|(w, h, grey)| decode_luma(w, h, &grey)),
+                    ) =>
+                    {
+                        match read_on_server(&canvas, lang).await {
+                            Reading::Text(text) => Some(text),
+                            Reading::NoCode => None,
+                            // The message stays on screen and the next frame is tried.
+                            Reading::Failed(message) => {
+                                state.set(ScanState::Problem(message.to_string()));
+                                None
+                            }
+                        }
+                    }
+                    None => None,
                 };
                 if let Some(text) = text {
                     if open_scanned(&text, state, lang) {
@@ -453,41 +538,5 @@ mod tests {
                 "{hint}"
             );
         }
-    }
-
-    /// Renders `text` as a QR code in a greyscale image, `scale` pixels per
-    /// module, with the standard four-module quiet zone.
-    fn qr_image(text: &str, scale: usize) -> (usize, Vec<u8>) {
-        let code = qrcode::QrCode::with_error_correction_level(text, qrcode::EcLevel::M).unwrap();
-        let modules = code.width();
-        let colors = code.to_colors();
-        let side = (modules + 8) * scale;
-        let mut luma = vec![255u8; side * side];
-        for y in 0..side {
-            for x in 0..side {
-                let (mx, my) = ((x / scale) as isize - 4, (y / scale) as isize - 4);
-                if (0..modules as isize).contains(&mx) && (0..modules as isize).contains(&my) {
-                    if colors[my as usize * modules + mx as usize] == qrcode::Color::Dark {
-                        luma[y * side + x] = 0;
-                    }
-                }
-            }
-        }
-        (side, luma)
-    }
-
-    #[test]
-    fn decodes_a_product_qr_code() {
-        let payload = format!(
-            "http://127.0.0.1:3000/trace/{TOKEN}?lot=LL2612001&grade=A%2B&tof=0.812&as7341=0.777"
-        );
-        let (side, luma) = qr_image(&payload, 4);
-        assert_eq!(decode_luma(side, side, &luma), Some(payload));
-    }
-
-    #[test]
-    fn blank_image_has_no_code() {
-        assert_eq!(decode_luma(64, 64, &vec![255u8; 64 * 64]), None);
-        assert_eq!(decode_luma(0, 0, &[]), None);
     }
 }

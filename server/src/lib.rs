@@ -11,6 +11,7 @@ pub mod config;
 pub mod events;
 pub mod guard;
 pub mod page_cache;
+pub mod scan;
 
 use anyhow::Context;
 use app::{shell, App};
@@ -139,6 +140,7 @@ fn router(state: AppState) -> Router {
         .route("/api/sqal/samples", post(api::ingest_sample))
         .route("/api/gavage/meals", post(api::ingest_meal))
         .route("/api/trace/{token}/verify", get(api::verify_trace))
+        .route("/api/scan", post(scan::scan))
         .route("/qr/{file}", get(api::qr_svg))
         .leptos_routes_with_context(
             &state,
