@@ -97,6 +97,25 @@ impl SampleQueue {
             .map_err(|_| anyhow::anyhow!("the sample writer stopped before storing the sample"))?;
         Ok((outcome?, sample))
     }
+
+    /// Waits until no sample is queued or being written, for at most
+    /// `limit`; true when the queue emptied. Shutdown calls it before the
+    /// store closes, so a batch under way is not cut off.
+    pub async fn wait_idle(&self, limit: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            {
+                let queue = self.queue.lock().expect("sample queue lock");
+                if queue.waiting.is_empty() && queue.writers == 0 {
+                    return true;
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
 }
 
 /// A task that writes queued samples. If it ends before the queue is empty

@@ -254,6 +254,12 @@ impl Services {
         }))
     }
 
+    /// Waits, for at most `limit`, until every graded sample handed to the
+    /// store is written; false when some were still pending.
+    pub async fn wait_samples_written(&self, limit: std::time::Duration) -> bool {
+        self.samples.wait_idle(limit).await
+    }
+
     /// Reads the last run of each task at start-up. A run recorded as
     /// running whose instance no longer has its lock was cut short by a
     /// crash, so its status is marked interrupted and keeps its parameters

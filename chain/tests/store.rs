@@ -738,6 +738,53 @@ async fn sample_batch_chains_every_product() {
 }
 
 #[tokio::test]
+async fn abandoned_ingests_are_written_before_close() {
+    use chain::group_commit::{QueuedSample, SampleQueue};
+    use std::future::Future;
+    use std::task::{Context, Waker};
+
+    let databases = fresh_databases().await;
+    for url in databases.urls.iter() {
+        let store = Store::connect(&url).await.unwrap();
+        store.insert_gavage_run("R1", 1, 1000.0, 7).await.unwrap();
+        let code_lot = new_lot(&store, "R1").await;
+        feed_whole_lot(&store, &code_lot).await;
+        let queue = SampleQueue::default();
+
+        // Each request is polled once, which queues its sample, and then
+        // dropped, as when a device hangs up. The writer task still stores
+        // every sample.
+        const REQUESTS: u32 = 20;
+        for request in 0..REQUESTS {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(request as u64);
+            let measurement = simulate(&mut rng, 0.9, 560.0);
+            let sample = QueuedSample {
+                code_lot: code_lot.clone(),
+                sample_index: request,
+                device_id: "ESP32_LL_01".into(),
+                analysis: analyze(&measurement),
+                measurement,
+            };
+            let mut record = std::pin::pin!(queue.record(&store, "http://127.0.0.1:3000", sample));
+            let polled = record
+                .as_mut()
+                .poll(&mut Context::from_waker(Waker::noop()));
+            assert!(polled.is_pending(), "{url}: stored before the writer ran");
+        }
+        assert!(
+            queue.wait_idle(std::time::Duration::from_secs(10)).await,
+            "{url}: samples still pending after 10 s"
+        );
+        let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sqal_samples")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(stored, REQUESTS as i64, "{url}");
+        store.close().await;
+    }
+}
+
+#[tokio::test]
 async fn concurrent_ingest_stores_every_sample() {
     let databases = fresh_databases().await;
     for url in databases.urls.iter() {

@@ -207,6 +207,15 @@ impl Application {
 
         tracing::info!("shutting down: stopping tasks");
         state.services.supervisor.stop_all().await;
+        if !state
+            .services
+            .wait_samples_written(std::time::Duration::from_secs(5))
+            .await
+        {
+            tracing::warn!(
+                "timed out after 5 s waiting for samples to be written; closing the store"
+            );
+        }
         state.services.store.close().await;
         tracing::info!("stopped");
         Ok(())
