@@ -181,7 +181,7 @@ impl Services {
             queued = true;
         }
         if queued {
-            self.publish_queue().await?;
+            self.publish_queue();
         }
         Ok(receipts)
     }

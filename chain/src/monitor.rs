@@ -45,7 +45,7 @@ pub async fn step(services: &Services) -> anyhow::Result<u32> {
         handed += 1;
     }
     if handed > 0 {
-        services.publish_queue().await?;
+        services.publish_queue();
     }
     Ok(handed)
 }

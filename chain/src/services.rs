@@ -33,6 +33,16 @@ pub struct Services {
     /// One lock per task, held from the status check to the spawn, so that
     /// two starts in this instance never race for the task's database lock.
     starting: Arc<[tokio::sync::Mutex<()>; 3]>,
+    /// State of the task that reads and publishes the queue's counts.
+    queue_counts: Arc<Mutex<CountsRefresh>>,
+}
+
+/// Progress of the queue counts' refresh: whether a task is reading them,
+/// and whether the queue changed since that task's last read began.
+#[derive(Default)]
+struct CountsRefresh {
+    running: bool,
+    changed: bool,
 }
 
 /// Error of a start request: nothing was started.
@@ -68,6 +78,7 @@ impl Services {
             samples: Default::default(),
             station_inbox: Arc::new(Mutex::new(None)),
             starting: Arc::new(Default::default()),
+            queue_counts: Arc::default(),
         }
     }
 
@@ -465,14 +476,41 @@ impl Services {
         Ok(())
     }
 
-    /// Publishes the inspection queue's counts after a change to it.
-    pub async fn publish_queue(&self) -> anyhow::Result<()> {
-        let (pending, inspecting) = self.store.queue_counts().await?;
-        self.bus.publish(Event::Queue {
-            pending,
-            inspecting,
+    /// Publishes the inspection queue's counts after a change to it, from a
+    /// task of its own, so the monitor and the station do not wait for the
+    /// read. Changes made while a read runs are coalesced into one more
+    /// read, so the last event always shows the counts after the last change.
+    pub fn publish_queue(&self) {
+        {
+            let mut refresh = self.queue_counts.lock().expect("queue counts lock");
+            refresh.changed = true;
+            if refresh.running {
+                return;
+            }
+            refresh.running = true;
+        }
+        let services = self.clone();
+        tokio::spawn(async move {
+            loop {
+                {
+                    let mut refresh = services.queue_counts.lock().expect("queue counts lock");
+                    if !refresh.changed {
+                        refresh.running = false;
+                        return;
+                    }
+                    refresh.changed = false;
+                }
+                match services.store.queue_counts().await {
+                    Ok((pending, inspecting)) => services.bus.publish(Event::Queue {
+                        pending,
+                        inspecting,
+                    }),
+                    Err(error) => {
+                        tracing::warn!(error = %format!("{error:#}"), "failed to read the queue counts for the queue event")
+                    }
+                }
+            }
         });
-        Ok(())
     }
 
     /// Reads everything the demo page shows. The stream position is taken

@@ -778,7 +778,7 @@ pub async fn run(
                     .store
                     .fail_inspection(&lot.code_lot, &reason)
                     .await?;
-                services.publish_queue().await?;
+                services.publish_queue();
             }
         }
     }
@@ -860,7 +860,7 @@ async fn inspect(
         code_lot: lot.code_lot.clone(),
         verdict: verdict.to_string(),
     });
-    services.publish_queue().await?;
+    services.publish_queue();
     Ok(true)
 }
 

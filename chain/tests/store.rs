@@ -221,6 +221,54 @@ async fn misfit_meals_write_nothing() {
 }
 
 #[tokio::test]
+async fn queue_counts_follow_the_last_change() {
+    let databases = fresh_databases().await;
+    for url in databases.urls.iter() {
+        let store = Store::connect(&url).await.unwrap();
+        store.insert_gavage_run("R1", 2, 1000.0, 7).await.unwrap();
+        let lots = [new_lot(&store, "R1").await, new_lot(&store, "R1").await];
+        let services = Services::new(store.clone(), "http://127.0.0.1:3000");
+        let mut events = services.bus.subscribe();
+
+        // Changes in quick succession, each announced: the reads coalesce,
+        // and the last event shows the queue after the last change.
+        for code in &lots {
+            feed_whole_lot(&store, code).await;
+            services.publish_queue();
+        }
+        store
+            .claim_next_lot(60.0)
+            .await
+            .unwrap()
+            .expect("a lot to claim");
+        for _ in 0..5 {
+            services.publish_queue();
+        }
+        let mut published = Vec::new();
+        while published.last() != Some(&(1, 1)) {
+            let envelope = tokio::time::timeout(std::time::Duration::from_secs(5), events.recv())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("{url}: no queue event showing (1, 1) after {published:?}")
+                })
+                .expect("bus open");
+            if let chain::views::Event::Queue {
+                pending,
+                inspecting,
+            } = envelope.event
+            {
+                published.push((pending, inspecting));
+            }
+        }
+        assert!(
+            published.len() <= 7,
+            "{url}: more queue events than announcements: {published:?}"
+        );
+        store.close().await;
+    }
+}
+
+#[tokio::test]
 async fn finished_lot_is_claimed_once() {
     let databases = fresh_databases().await;
     for url in databases.urls.iter() {
