@@ -201,6 +201,15 @@ mod browser {
         }
     }
 
+    /// Returns the message for a file the browser or the server cannot read
+    /// as a picture.
+    fn not_an_image(lang: Lang) -> &'static str {
+        lang.tr(
+            "Ce fichier n'est pas une image lisible.",
+            "This file is not a readable image.",
+        )
+    }
+
     /// Sends the canvas as a JPEG to `POST /api/scan` and reads the response.
     async fn read_on_server(canvas: &web_sys::HtmlCanvasElement, lang: Lang) -> Reading {
         let failed = Reading::Failed(lang.tr(
@@ -259,10 +268,9 @@ mod browser {
         match outcome.await {
             Some((200, Some(text), _)) => Reading::Text(text),
             Some((_, _, Some(error))) if error == "no_code" => Reading::NoCode,
-            Some((_, _, Some(error))) if error == "bad_image" => Reading::Failed(lang.tr(
-                "Ce fichier n'est pas une image lisible.",
-                "This file is not a readable image.",
-            )),
+            Some((_, _, Some(error))) if error == "bad_image" => {
+                Reading::Failed(not_an_image(lang))
+            }
             _ => failed,
         }
     }
@@ -312,13 +320,7 @@ mod browser {
                 loaded.natural_width() as f64,
                 loaded.natural_height() as f64,
             ) {
-                state.set(ScanState::Problem(
-                    lang.tr(
-                        "Ce fichier n'est pas une image lisible.",
-                        "This file is not a readable image.",
-                    )
-                    .to_string(),
-                ));
+                state.set(ScanState::Problem(not_an_image(lang).to_string()));
                 return;
             }
             spawn_local(async move {
@@ -338,13 +340,7 @@ mod browser {
             });
         });
         let on_error = Closure::once_into_js(move || {
-            state.set(ScanState::Problem(
-                lang.tr(
-                    "Ce fichier n'est pas une image lisible.",
-                    "This file is not a readable image.",
-                )
-                .to_string(),
-            ));
+            state.set(ScanState::Problem(not_an_image(lang).to_string()));
         });
         image.set_onload(Some(on_load.unchecked_ref()));
         image.set_onerror(Some(on_error.unchecked_ref()));

@@ -136,7 +136,8 @@ fn is_token_lookup(path: &str) -> bool {
     path.starts_with("/trace/") || path.starts_with("/api/trace/") || path.starts_with("/qr/")
 }
 
-fn error_response(status: StatusCode, error: &str, message: &str) -> Response {
+/// Builds a JSON error response with a stable `error` code and a message.
+pub(crate) fn error_response(status: StatusCode, error: &str, message: &str) -> Response {
     (status, Json(json!({ "error": error, "message": message }))).into_response()
 }
 

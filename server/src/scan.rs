@@ -1,10 +1,11 @@
 //! `POST /api/scan`: reads the QR code in a JPEG picture for the trace
 //! page's scanner. Decoding happens here rather than in the browser because
-//! the decoder's tables alone would add 65,802 bytes of data that gzip
-//! barely shrinks to the WASM bundle. Browsers with a built-in
-//! `BarcodeDetector` read camera frames themselves and send only photos.
+//! the decoder's tables alone would add 65,802 bytes to the WASM bundle, and
+//! gzip barely shrinks them. Browsers with a built-in `BarcodeDetector` read
+//! camera frames themselves and send only photos.
 
 use crate::api::ApiError;
+use crate::guard::error_response;
 use axum::body::{to_bytes, Body};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -76,7 +77,7 @@ fn to_luma(format: jpeg_decoder::PixelFormat, pixels: &[u8]) -> Result<Vec<u8>, 
             .collect(),
         PixelFormat::CMYK32 => {
             return Err(ScanError::NotAnImage(
-                "CMYK pictures are not read: send RGB or greyscale".into(),
+                "CMYK pictures are not supported: send RGB or greyscale".into(),
             ))
         }
     })
@@ -95,8 +96,9 @@ pub fn decode_luma(width: usize, height: usize, luma: &[u8]) -> Option<String> {
         .find_map(|grid| grid.decode().ok().map(|(_, content)| content))
 }
 
-/// Limits decoding to one picture per core at a time, because each one
-/// keeps a core busy (an estimate: tens of milliseconds at 1024 pixels).
+/// Returns the semaphore that limits decoding to one picture per core,
+/// because each decoding keeps a core busy (an estimate: tens of
+/// milliseconds at 1024 pixels).
 fn decoders() -> &'static Semaphore {
     static DECODERS: OnceLock<Semaphore> = OnceLock::new();
     DECODERS.get_or_init(|| {
@@ -120,7 +122,7 @@ pub async fn scan(headers: HeaderMap, body: Body) -> Result<Response, ApiError> 
     }
     let Ok(bytes) = to_bytes(body, MAX_BYTES).await else {
         tracing::info!(limit = MAX_BYTES, "scan picture rejected: too large");
-        return Ok(error(
+        return Ok(error_response(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too_large",
             &format!("the picture is larger than {MAX_BYTES} bytes"),
@@ -128,7 +130,7 @@ pub async fn scan(headers: HeaderMap, body: Body) -> Result<Response, ApiError> 
     };
     let Ok(Ok(_permit)) = tokio::time::timeout(QUEUE_WAIT, decoders().acquire()).await else {
         tracing::warn!(waited = ?QUEUE_WAIT, "scan picture rejected: every decoder busy");
-        return Ok(error(
+        return Ok(error_response(
             StatusCode::SERVICE_UNAVAILABLE,
             "busy",
             "every decoder is busy; try again in a moment",
@@ -142,7 +144,7 @@ pub async fn scan(headers: HeaderMap, body: Body) -> Result<Response, ApiError> 
         Err(ScanError::TooLarge(invalid)) => return Err(invalid.into()),
         Err(ScanError::NotAnImage(detail)) => {
             tracing::info!(%detail, "scan picture rejected: not a readable JPEG");
-            error(
+            error_response(
                 StatusCode::BAD_REQUEST,
                 "bad_image",
                 &format!("the body is not a readable JPEG picture: {detail}"),
@@ -150,17 +152,13 @@ pub async fn scan(headers: HeaderMap, body: Body) -> Result<Response, ApiError> 
         }
         Err(ScanError::NoCode) => {
             tracing::debug!("scan picture without a readable QR code");
-            error(
+            error_response(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "no_code",
                 "no readable QR code in the picture",
             )
         }
     })
-}
-
-fn error(status: StatusCode, code: &str, message: &str) -> Response {
-    (status, Json(json!({ "error": code, "message": message }))).into_response()
 }
 
 #[cfg(test)]
