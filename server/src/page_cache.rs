@@ -67,6 +67,8 @@ struct Entries {
     touched: HashMap<String, Instant>,
     /// Last time missed events made every page stale.
     everything_touched: Option<Instant>,
+    /// When `touched` is next pruned of times older than a lifetime.
+    next_prune: Option<Instant>,
 }
 
 impl PageCache {
@@ -124,9 +126,15 @@ impl PageCache {
             }
         }
         // Touch times only matter for renders still going on, which take
-        // far less than a lifetime.
+        // far less than a lifetime. Pruning once a lifetime, not at every
+        // event, keeps a burst of events from rescanning the map each time.
         let lifetime = self.inner.lifetime;
-        state.touched.retain(|_, at| at.elapsed() < lifetime);
+        if state.next_prune.is_none_or(|at| now >= at) {
+            state
+                .touched
+                .retain(|_, at| now.saturating_duration_since(*at) < lifetime);
+            state.next_prune = Some(now + lifetime);
+        }
     }
 
     /// Returns the page for `key` if it is younger than the cache lifetime
@@ -307,5 +315,46 @@ mod tests {
             inspecting: 0,
         };
         assert_eq!(touched_lot(&queue), None);
+    }
+
+    fn touched_lots(cache: &PageCache) -> Vec<String> {
+        let state = cache.inner.state.lock().unwrap();
+        let mut lots: Vec<String> = state.touched.keys().cloned().collect();
+        lots.sort();
+        lots
+    }
+
+    #[tokio::test]
+    async fn old_touch_times_are_pruned() {
+        let cache = PageCache::new(Duration::from_millis(40), &EventBus::new());
+        cache.touch(Some("LL2612001"));
+        cache.touch(Some("LL2612002"));
+        // Within a lifetime nothing is pruned.
+        assert_eq!(touched_lots(&cache), ["LL2612001", "LL2612002"]);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        cache.touch(Some("LL2612003"));
+        assert_eq!(
+            touched_lots(&cache),
+            ["LL2612003"],
+            "touch times a lifetime old should be gone"
+        );
+    }
+
+    #[tokio::test]
+    async fn stale_render_is_not_stored() {
+        let cache = PageCache::new(Duration::from_secs(5), &EventBus::new());
+        let page = |rendered| Page {
+            headers: HeaderMap::new(),
+            body: Bytes::from_static(b"page"),
+            rendered,
+            code_lot: Some("LL2612001".to_string()),
+        };
+        let key: Key = ("/trace/a".to_string(), None);
+        let before = Instant::now();
+        cache.touch(Some("LL2612001"));
+        cache.store(key.clone(), page(before));
+        assert!(cache.lookup(&key, None).is_none(), "a stale render was kept");
+        cache.store(key.clone(), page(Instant::now()));
+        assert!(cache.lookup(&key, None).is_some(), "a fresh render was dropped");
     }
 }
