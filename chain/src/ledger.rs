@@ -8,6 +8,7 @@
 use anyhow::Context;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+use crate::store::Engine;
 use sqlx::Row;
 
 /// `prev_hash` of a lot's first event.
@@ -172,8 +173,9 @@ pub async fn heads(
     sorted.sort_unstable();
     sorted.dedup();
     let mut heads = std::collections::HashMap::with_capacity(sorted.len());
+    let engine = Engine::of(connection);
     for chunk in sorted.chunks(HEADS_PER_READ) {
-        if connection.backend_name() == "PostgreSQL" {
+        if engine == Engine::Postgres {
             // The list is sorted so that two writers take the locks in the
             // same order and never wait for each other in a cycle.
             // NOTE: this relies on PostgreSQL scanning a VALUES list in the
@@ -181,7 +183,10 @@ pub async fn heads(
             let sql = format!(
                 "SELECT COUNT(*) AS locked FROM (SELECT pg_advisory_xact_lock($1, hashtext(lot.code)) \
                  FROM (VALUES {}) AS lot(code)) AS held",
-                crate::store::placeholder_rows_from(2, chunk.len(), 1)
+                (2..2 + chunk.len())
+                    .map(|n| format!("(${n})"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
             let mut query = sqlx::query(&sql).bind(crate::cluster::LEDGER_LOCK_CLASS);
             for code_lot in chunk {
@@ -196,9 +201,10 @@ pub async fn heads(
         // instead visits every event of the lots.
         let sql = (1..=chunk.len())
             .map(|n| {
+                let code_lot = crate::store::placeholder(engine, n);
                 format!(
                     "SELECT * FROM (SELECT code_lot, seq, hash FROM trace_events \
-                     WHERE code_lot = ${n} ORDER BY seq DESC LIMIT 1) AS head{n}"
+                     WHERE code_lot = {code_lot} ORDER BY seq DESC LIMIT 1) AS head{n}"
                 )
             })
             .collect::<Vec<_>>()
@@ -277,7 +283,7 @@ pub async fn insert(
     for chunk in events.chunks(EVENTS_PER_INSERT) {
         let sql = format!(
             "INSERT INTO trace_events (code_lot, seq, kind, payload, prev_hash, hash, recorded_at) VALUES {}",
-            crate::store::placeholder_rows(chunk.len(), 7)
+            crate::store::placeholder_rows(Engine::of(connection), chunk.len(), 7)
         );
         let mut query = sqlx::query(&sql);
         for event in chunk {

@@ -1,6 +1,8 @@
 //! Storage of the chain on SQLite (the embedded default) or PostgreSQL,
 //! through sqlx's `Any` driver. Queries use `$n` placeholders, which both
-//! engines accept, and each engine has its own migration folder.
+//! engines accept, except the multi-row statements, whose placeholders are
+//! anonymous on SQLite (see `placeholder_rows`). Each engine has its own
+//! migration folder.
 
 use crate::gavage::MealOutcome;
 use crate::grade::Grade;
@@ -218,37 +220,58 @@ fn sqlite_url_with_create(url: &str) -> String {
     }
 }
 
-/// Placeholders of a multi-row `VALUES` list: `($1, $2), ($3, $4)` for
-/// two rows of two columns.
-pub(crate) fn placeholder_rows(rows: usize, columns: usize) -> String {
-    placeholder_rows_from(1, rows, columns)
+impl Engine {
+    /// The engine a connection talks to.
+    pub fn of(connection: &sqlx::AnyConnection) -> Engine {
+        if connection.backend_name() == "PostgreSQL" {
+            Engine::Postgres
+        } else {
+            Engine::Sqlite
+        }
+    }
 }
 
-/// Placeholders of a multi-row `VALUES` list whose first is `$first`.
-pub(crate) fn placeholder_rows_from(first: usize, rows: usize, columns: usize) -> String {
+/// Placeholders of a multi-row `VALUES` list whose values are bound in
+/// order from the first: `($1, $2), ($3, $4)` for two rows of two columns
+/// on PostgreSQL, `(?, ?), (?, ?)` on SQLite. SQLite keeps the names of
+/// `$N` parameters in a list that sqlx searches once per parameter, so a
+/// statement of a few hundred named parameters spends more time binding
+/// than running; anonymous ones are bound by position.
+pub(crate) fn placeholder_rows(engine: Engine, rows: usize, columns: usize) -> String {
     let mut text = String::with_capacity(rows * columns * 5);
     for row in 0..rows {
         if row > 0 {
             text.push_str(", ");
         }
         text.push('(');
-        for column in 0..columns {
-            if column > 0 {
-                text.push_str(", ");
-            }
-            text.push_str(&format!("${}", first + row * columns + column));
-        }
+        text.push_str(&placeholder_run(engine, 1 + row * columns, columns));
         text.push(')');
     }
     text
 }
 
-/// Placeholders of an `IN (…)` list: `$1, $2, $3` for three values.
-pub(crate) fn placeholder_list(count: usize) -> String {
-    (1..=count)
-        .map(|n| format!("${n}"))
+/// Placeholders of an `IN (…)` list bound in order from the first:
+/// `$1, $2, $3` on PostgreSQL, `?, ?, ?` on SQLite.
+pub(crate) fn placeholder_list(engine: Engine, count: usize) -> String {
+    placeholder_run(engine, 1, count)
+}
+
+/// `count` placeholders separated by commas, numbered from `first` on
+/// PostgreSQL.
+fn placeholder_run(engine: Engine, first: usize, count: usize) -> String {
+    (first..first + count)
+        .map(|n| placeholder(engine, n))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The `n`th parameter of a statement whose parameters are all bound in
+/// order: `$n` on PostgreSQL, `?` on SQLite.
+pub(crate) fn placeholder(engine: Engine, n: usize) -> String {
+    match engine {
+        Engine::Postgres => format!("${n}"),
+        Engine::Sqlite => "?".to_string(),
+    }
 }
 
 /// The JSON columns of a sample, encoded once for the row and its event.
@@ -516,7 +539,7 @@ impl Store {
             let sql = format!(
                 "INSERT INTO lots (code_lot, run_id, gaveur_id, site, genetique, nb_canards, duree_jours, \
                  status, started_at) VALUES {}",
-                placeholder_rows(chunk.len(), 9)
+                placeholder_rows(self.engine, chunk.len(), 9)
             );
             let mut query = sqlx::query(&sql);
             for (lot, code_lot) in chunk.iter().zip(chunk_codes) {
@@ -651,7 +674,7 @@ impl Store {
         codes.dedup();
         let mut lots = std::collections::HashMap::with_capacity(codes.len());
         for chunk in codes.chunks(LOTS_PER_READ) {
-            let placeholders = placeholder_list(chunk.len());
+            let placeholders = placeholder_list(self.engine, chunk.len());
             // Sorted, so two batches lock their lots in the same order.
             let sql = format!(
                 "SELECT code_lot, status, duree_jours, nb_canards, \
@@ -688,7 +711,7 @@ impl Store {
         meals: &[MealRow],
         ids: &mut std::collections::HashMap<(String, i64, String), i64>,
     ) -> anyhow::Result<()> {
-        let rows = placeholder_rows(meals.len(), 12);
+        let rows = placeholder_rows(Engine::of(tx), meals.len(), 12);
         let sql = format!(
             "INSERT INTO meals (code_lot, jour, moment, dose_theorique, dose_reelle, poids_moyen, \
              nb_canards_vivants, taux_mortalite, temperature, humidite, sim_time, recorded_at) \
@@ -1013,7 +1036,7 @@ impl Store {
              tof_reflectance, tof_amplitude, tof_ambient, tof_status, details) \
              VALUES {} ON CONFLICT (code_lot, sample_index) DO NOTHING \
              RETURNING id, code_lot, sample_index",
-            placeholder_rows(samples.len(), 22)
+            placeholder_rows(Engine::of(tx), samples.len(), 22)
         );
         let mut query = sqlx::query(&sql);
         for (sample, encoded) in samples.iter().zip(encoded) {
@@ -1076,7 +1099,7 @@ impl Store {
         let sql = format!(
             "INSERT INTO products (product_id, token, sample_id, code_lot, grade, final_score, tof_score, \
              as7341_score, qr_payload, created_at) VALUES {}",
-            placeholder_rows(products.len(), 10)
+            placeholder_rows(Engine::of(tx), products.len(), 10)
         );
         let mut query = sqlx::query(&sql);
         for (sample_id, product) in products {
