@@ -3,10 +3,11 @@
 
 use crate::params::MonitorParams;
 use crate::services::Services;
+use crate::store::CLAIM_BATCH;
 use crate::supervisor::TaskContext;
 use crate::views::Event;
 use std::time::Duration;
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 /// How long a claim stays valid by default. A lot still `inspecting` past
 /// its lease, after a crash for instance, is claimed again.
@@ -27,22 +28,30 @@ pub struct ClaimedLot {
     pub fresh_until: Option<std::time::Instant>,
 }
 
-/// Claims every lot that is waiting and hands each to the station. Returns
-/// how many lots were handed over.
+/// Claims the lots that are waiting, as many as the lots in flight leave
+/// room for, and hands each to the station. Returns how many lots were
+/// handed over.
+///
+/// It claims once `CLAIM_BATCH` places are free, or as many as there are
+/// lots waiting: the station still has lots to measure meanwhile, and the
+/// single writer of SQLite spends one claim transaction on several lots.
 pub async fn step(services: &Services) -> anyhow::Result<u32> {
-    let mut handed = 0;
-    while let Some(lot) = services
+    let (room, waiting) = services.store.claim_room().await?;
+    if waiting == 0 || room < CLAIM_BATCH.min(waiting) {
+        return Ok(0);
+    }
+    let lots = services
         .store
-        .claim_next_lot(services.lease_seconds)
-        .await?
-    {
+        .claim_lots(services.lease_seconds, room)
+        .await?;
+    let handed = lots.len() as u32;
+    for lot in lots {
         tracing::info!(lot.code = %lot.code_lot, attempts = lot.attempts, "lot claimed for inspection");
         services.bus.publish(Event::LotClaimed {
             code_lot: lot.code_lot.clone(),
             attempts: lot.attempts,
         });
         services.dispatch_to_station(lot).await?;
-        handed += 1;
     }
     if handed > 0 {
         services.publish_queue();
@@ -94,7 +103,14 @@ async fn wait_for_queue_change(
                     Event::LotFinished { .. } | Event::LotInspected { .. }
                 ) =>
             {
-                return Ok(())
+                // A burst of finished lots takes one claim, not one each:
+                // the claim that follows reads every change published so far.
+                loop {
+                    match events.try_recv() {
+                        Ok(_) | Err(TryRecvError::Lagged(_)) => continue,
+                        Err(TryRecvError::Empty | TryRecvError::Closed) => return Ok(()),
+                    }
+                }
             }
             Ok(_) => continue,
             // Missed events may include a finished lot: scan now.

@@ -336,8 +336,11 @@ fn stored_details(row: &AnyRow) -> anyhow::Result<Option<SampleDetails>> {
 /// Attempts at inspecting one lot before it stays in `error`.
 pub const MAX_INSPECTION_ATTEMPTS: i64 = 3;
 /// Lots claimed and not yet inspected, across all monitors: one being
-/// measured and one ready for the station.
-pub const MAX_LOTS_IN_FLIGHT: i64 = 2;
+/// measured and the next ones ready for the station.
+pub const MAX_LOTS_IN_FLIGHT: i64 = 8;
+/// The monitor claims once this many places are free (or fewer when fewer
+/// lots wait), so that one claim transaction serves several lots.
+pub const CLAIM_BATCH: i64 = 4;
 
 impl Store {
     /// Connects to `database_url` (`sqlite://…` or `postgres://…`) and applies
@@ -795,27 +798,61 @@ impl Store {
         Ok(())
     }
 
+    /// Reads, without taking the writer, how many more lots may be claimed
+    /// under `MAX_LOTS_IN_FLIGHT` (never below 0) and how many wait to be
+    /// claimed. The monitor skips a claim that would find nothing to do.
+    pub async fn claim_room(&self) -> anyhow::Result<(i64, i64)> {
+        let row = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM sqal_pending_lots \
+                WHERE status = 'inspecting' AND lease_until >= $1) AS live, \
+             (SELECT COUNT(*) FROM sqal_pending_lots \
+                WHERE status = 'pending' OR (status = 'inspecting' AND lease_until < $1) \
+                   OR (status = 'error' AND attempts < $2)) AS waiting",
+        )
+        .bind(crate::time::now())
+        .bind(MAX_INSPECTION_ATTEMPTS)
+        .fetch_one(&self.read)
+        .await
+        .context("count the lots in flight and waiting")?;
+        let live: i64 = row.try_get("live")?;
+        Ok(((MAX_LOTS_IN_FLIGHT - live).max(0), row.try_get("waiting")?))
+    }
+
     /// Claims the oldest lot that is pending, or whose inspection lease has
-    /// expired, and gives it a new lease. The claim is one statement, so two
-    /// monitors never claim the same lot. Nothing is claimed while
-    /// `MAX_LOTS_IN_FLIGHT` lots hold a live lease: a lot waiting for the
-    /// station would otherwise see its lease expire and be claimed twice.
+    /// expired, as `claim_lots` does.
     pub async fn claim_next_lot(&self, lease_seconds: f64) -> anyhow::Result<Option<ClaimedLot>> {
+        Ok(self.claim_lots(lease_seconds, 1).await?.into_iter().next())
+    }
+
+    /// Claims up to `limit` of the oldest lots that are pending, or whose
+    /// inspection lease has expired, and gives them a new lease, in queue
+    /// order. The claim is one statement, so two monitors never claim the
+    /// same lot. It claims no more than leaves `MAX_LOTS_IN_FLIGHT` lots
+    /// with a live lease: a lot waiting for the station would otherwise see
+    /// its lease expire and be claimed twice. The lots' `inspection_started`
+    /// events are written in the same transaction.
+    pub async fn claim_lots(
+        &self,
+        lease_seconds: f64,
+        limit: i64,
+    ) -> anyhow::Result<Vec<ClaimedLot>> {
         let now = crate::time::now();
-        let lock = match self.engine {
-            Engine::Postgres => " FOR UPDATE SKIP LOCKED",
-            Engine::Sqlite => "",
+        // Room left under the cap, at most `limit` and never negative,
+        // because SQLite reads a negative LIMIT as no limit.
+        let (room, lock) = match self.engine {
+            Engine::Postgres => ("GREATEST(0, LEAST($5, $4 - COUNT(*)))", " FOR UPDATE SKIP LOCKED"),
+            Engine::Sqlite => ("max(0, min($5, $4 - COUNT(*)))", ""),
         };
         let sql = format!(
             "UPDATE sqal_pending_lots SET status = 'inspecting', attempts = attempts + 1, \
              lease_until = $1, updated_at = $2 \
-             WHERE code_lot = (SELECT code_lot FROM sqal_pending_lots \
+             WHERE code_lot IN (SELECT code_lot FROM sqal_pending_lots \
                 WHERE status = 'pending' OR (status = 'inspecting' AND lease_until < $2) \
                    OR (status = 'error' AND attempts < $3) \
-                ORDER BY created_at, code_lot LIMIT 1{lock}) \
-             AND (SELECT COUNT(*) FROM sqal_pending_lots \
-                WHERE status = 'inspecting' AND lease_until >= $2) < $4 \
-             RETURNING code_lot, poids_moyen_final, attempts, \
+                ORDER BY created_at, code_lot \
+                LIMIT (SELECT {room} FROM sqal_pending_lots \
+                   WHERE status = 'inspecting' AND lease_until >= $2){lock}) \
+             RETURNING code_lot, created_at, poids_moyen_final, attempts, \
              (SELECT run_id FROM lots WHERE lots.code_lot = sqal_pending_lots.code_lot) AS run_id"
         );
         let mut tx = self.write.begin().await?;
@@ -830,34 +867,62 @@ impl Store {
             .await
             .context("lock the claims")?;
         }
-        let row = sqlx::query(&sql)
+        let rows = sqlx::query(&sql)
             .bind(crate::time::in_seconds(lease_seconds))
             .bind(&now)
             .bind(MAX_INSPECTION_ATTEMPTS)
             .bind(MAX_LOTS_IN_FLIGHT)
-            .fetch_optional(&mut *tx)
+            .bind(limit)
+            .fetch_all(&mut *tx)
             .await
-            .context("claim a lot for inspection")?;
-        let Some(row) = row else {
+            .context("claim lots for inspection")?;
+        if rows.is_empty() {
             tx.commit().await?;
-            return Ok(None);
-        };
-        let code_lot: String = row.try_get("code_lot")?;
-        let attempts: i64 = row.try_get("attempts")?;
-        let event = ledger::inspection_started(attempts, &now);
-        ledger::append(&mut tx, &code_lot, ledger::INSPECTION_STARTED, &event).await?;
-        let run_id: String = row.try_get("run_id")?;
+            return Ok(Vec::new());
+        }
+        // Neither engine promises the order of `RETURNING` rows.
+        let mut claimed = rows
+            .iter()
+            .map(|row| -> anyhow::Result<(String, ClaimedLot)> {
+                let lot = ClaimedLot {
+                    code_lot: row.try_get("code_lot")?,
+                    run_id: row.try_get("run_id")?,
+                    poids_moyen_final: row.try_get("poids_moyen_final")?,
+                    attempts: row.try_get("attempts")?,
+                    fresh_until: None,
+                };
+                Ok((row.try_get("created_at")?, lot))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        claimed.sort_by(|(a_created, a), (b_created, b)| {
+            (a_created, &a.code_lot).cmp(&(b_created, &b.code_lot))
+        });
+
+        let codes: Vec<&str> = claimed.iter().map(|(_, lot)| lot.code_lot.as_str()).collect();
+        let mut heads = ledger::heads(&mut tx, &codes).await?;
+        let events: Vec<ledger::NewEvent> = claimed
+            .iter()
+            .map(|(_, lot)| {
+                let head = heads
+                    .get_mut(&lot.code_lot)
+                    .expect("heads returns every requested lot");
+                let event = ledger::inspection_started(lot.attempts, &now);
+                head.chain(&lot.code_lot, ledger::INSPECTION_STARTED, &event)
+            })
+            .collect();
+        ledger::insert(&mut tx, &events).await?;
         tx.commit().await?;
         // A tenth of the lease, at most a second (none for a lease that has
         // already run out, as tests set).
         let fresh_for = Duration::from_secs_f64((lease_seconds / 10.0).clamp(0.0, 1.0));
-        Ok(Some(ClaimedLot {
-            code_lot,
-            run_id,
-            poids_moyen_final: row.try_get("poids_moyen_final")?,
-            attempts,
-            fresh_until: Some(std::time::Instant::now() + fresh_for),
-        }))
+        let fresh_until = std::time::Instant::now() + fresh_for;
+        Ok(claimed
+            .into_iter()
+            .map(|(_, lot)| ClaimedLot {
+                fresh_until: Some(fresh_until),
+                ..lot
+            })
+            .collect())
     }
 
     /// Stores a graded sample and, when it is compliant, its product with a

@@ -312,14 +312,17 @@ async fn claims_stop_at_lots_in_flight() {
     let databases = fresh_databases().await;
     for url in databases.urls.iter() {
         let store = Store::connect(url).await.unwrap();
-        store.insert_gavage_run("R1", 4, 1000.0, 7).await.unwrap();
+        let in_flight = chain::store::MAX_LOTS_IN_FLIGHT as usize;
+        store
+            .insert_gavage_run("R1", in_flight as u32 + 2, 1000.0, 7)
+            .await
+            .unwrap();
         let mut codes = Vec::new();
-        for _ in 0..4 {
+        for _ in 0..in_flight + 2 {
             let code = new_lot(&store, "R1").await;
             feed_whole_lot(&store, &code).await;
             codes.push(code);
         }
-        let in_flight = chain::store::MAX_LOTS_IN_FLIGHT as usize;
         for expected in &codes[..in_flight] {
             let claimed = store.claim_next_lot(60.0).await.unwrap();
             assert_eq!(
@@ -345,6 +348,64 @@ async fn claims_stop_at_lots_in_flight() {
             Some(&codes[in_flight]),
             "{url}"
         );
+        store.close().await;
+    }
+}
+
+#[tokio::test]
+async fn batch_claim_fills_room_in_order() {
+    let databases = fresh_databases().await;
+    for url in databases.urls.iter() {
+        let store = Store::connect(url).await.unwrap();
+        let in_flight = chain::store::MAX_LOTS_IN_FLIGHT;
+        let lots = in_flight + 3;
+        store
+            .insert_gavage_run("R1", lots as u32, 1000.0, 7)
+            .await
+            .unwrap();
+        let mut codes = Vec::new();
+        for _ in 0..lots {
+            let code = new_lot(&store, "R1").await;
+            feed_whole_lot(&store, &code).await;
+            codes.push(code);
+        }
+        assert_eq!(store.claim_room().await.unwrap(), (in_flight, lots), "{url}");
+
+        let first = store.claim_lots(60.0, 3).await.unwrap();
+        let claimed: Vec<&str> = first.iter().map(|lot| lot.code_lot.as_str()).collect();
+        assert_eq!(claimed, codes[..3], "{url}: the three oldest lots, in order");
+        for lot in &first {
+            assert_eq!(lot.run_id, "R1", "{url}: {lot:?}");
+            assert_eq!(lot.attempts, 1, "{url}: {lot:?}");
+            assert!(lot.fresh_until.is_some(), "{url}: a new claim is fresh");
+        }
+        assert_eq!(
+            store.claim_room().await.unwrap(),
+            (in_flight - 3, lots - 3),
+            "{url}"
+        );
+
+        // Asking for more than the room left gets the room left.
+        let second = store.claim_lots(60.0, 100).await.unwrap();
+        let claimed: Vec<&str> = second.iter().map(|lot| lot.code_lot.as_str()).collect();
+        assert_eq!(claimed, codes[3..in_flight as usize], "{url}");
+        assert_eq!(store.claim_room().await.unwrap(), (0, 3), "{url}");
+        assert_eq!(
+            store.claim_lots(60.0, 100).await.unwrap(),
+            Vec::new(),
+            "{url}: claimed past {in_flight} lots in flight"
+        );
+
+        // Each claim wrote its lot's inspection_started event on the chain.
+        let raw = sqlx::AnyPool::connect(url).await.unwrap();
+        let started: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM trace_events WHERE kind = 'inspection_started'",
+        )
+        .fetch_one(&raw)
+        .await
+        .unwrap();
+        assert_eq!(started, in_flight, "{url}");
+        raw.close().await;
         store.close().await;
     }
 }
