@@ -210,6 +210,30 @@ impl Services {
             .into());
         }
 
+        self.grade_and_record(payload, measurement, run_id).await
+    }
+
+    /// Ingests a sample of a lot that this process's monitor claimed, as
+    /// `ingest_sample` does. The claim gave the lot's run, `run_id`, and a
+    /// queued lot is ready for slaughter, so the lot is not read again.
+    pub async fn ingest_claimed_sample(
+        &self,
+        payload: &SamplePayload,
+        run_id: &str,
+    ) -> Result<SampleReceipt, IngestError> {
+        let measurement = validate(payload)?;
+        self.grade_and_record(payload, measurement, run_id.to_string())
+            .await
+    }
+
+    /// Grades a validated sample of lot `payload.code_lot` of run `run_id`,
+    /// stores it and publishes its events.
+    async fn grade_and_record(
+        &self,
+        payload: &SamplePayload,
+        measurement: Measurement,
+        run_id: String,
+    ) -> Result<SampleReceipt, IngestError> {
         let analysis = analyze(&measurement);
         let queued = QueuedSample {
             code_lot: payload.code_lot.clone(),

@@ -3,7 +3,7 @@
 //! measurement, and the station task that inspects claimed lots.
 
 use crate::grade::{self, Grade};
-use crate::ingest::{IngestError, SamplePayload};
+use crate::ingest::{IngestError, SamplePayload, SampleReceipt};
 use crate::monitor::ClaimedLot;
 use crate::params::QualityProfile;
 use crate::params::SqalParams;
@@ -16,7 +16,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 use std::time::Duration;
-use tokio::sync::mpsc;
+use anyhow::Context;
+use std::sync::Arc;
+use tokio::sync::{mpsc, Semaphore};
 
 pub const GRID: usize = 8;
 pub const ZONES: usize = GRID * GRID;
@@ -750,118 +752,233 @@ fn sample_seed(station_seed: u64, code_lot: &str, sample_index: u32) -> u64 {
     hash ^ station_seed.rotate_left(17) ^ (sample_index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
+/// Samples sent and not yet acknowledged, across lots. The twin keeps
+/// measuring while the server stores what it sent, as a device with an
+/// upload queue does, so that concurrent samples share a transaction.
+pub const UPLINK_DEPTH: u32 = 4;
+
+/// A sample on its way to the server, with its receipt once stored.
+type Upload = tokio::task::JoinHandle<Result<SampleReceipt, IngestError>>;
+
 /// Runs the station: inspects each lot it receives, one sample every
-/// `interval` seconds, until cancelled or until its inbox closes.
+/// `interval` seconds, until cancelled or until its inbox closes. A lot's
+/// inspection is closed (verdict stored, `lot_inspected` published) once
+/// its samples are acknowledged, while the station measures the next lots,
+/// as a real station moves on to the next tray while the server files the
+/// last one.
 pub async fn run(
     services: Services,
     params: SqalParams,
     mut inbox: mpsc::UnboundedReceiver<ClaimedLot>,
     ctx: TaskContext,
 ) -> anyhow::Result<String> {
-    let station_seed = params.seed.unwrap_or_else(rand::random);
+    let station = Station {
+        seed: params.seed.unwrap_or_else(rand::random),
+        uplink: Arc::new(Semaphore::new(UPLINK_DEPTH as usize)),
+        services,
+        params,
+        ctx,
+    };
     let mut inspected = 0;
+    // Lots measured and being closed, each once its own samples are stored.
+    // They are at most the lots in flight, which the monitor bounds.
+    let mut closing = tokio::task::JoinSet::new();
     loop {
+        while let Some(closed) = closing.try_join_next() {
+            inspected += was_closed(closed);
+        }
         let lot = tokio::select! {
-            _ = ctx.cancel.cancelled() => break,
+            _ = station.ctx.cancel.cancelled() => break,
             lot = inbox.recv() => match lot {
                 Some(lot) => lot,
                 None => break,
             },
         };
-        match inspect(&services, &params, station_seed, &lot, &ctx).await {
-            Ok(true) => inspected += 1,
-            Ok(false) => break,
-            Err(error) => {
-                let reason = format!("{error:#}");
-                tracing::error!(lot.code = %lot.code_lot, attempts = lot.attempts, error = %reason, "inspection failed");
-                services
-                    .store
-                    .fail_inspection(&lot.code_lot, &reason)
-                    .await?;
-                services.publish_queue();
+        match station.measure(&lot).await {
+            Ok(Measured::Sent(uploads)) => {
+                closing.spawn(close(station.services.clone(), lot, uploads));
             }
+            Ok(Measured::AlreadyInspected) => {}
+            Ok(Measured::Cancelled) => break,
+            Err(error) => fail(&station.services, &lot, &error).await?,
         }
     }
+    while let Some(closed) = closing.join_next().await {
+        inspected += was_closed(closed);
+    }
+    // Samples of a lot left midway are stored all the same; wait for them
+    // so that the counters the task ends with include them.
+    let _ = station.uplink.acquire_many(UPLINK_DEPTH).await;
     Ok(format!("{inspected} lots inspectés"))
 }
 
-/// Measures every liver of one lot. Returns false when cancelled midway; the
-/// lot then stays `inspecting` until its lease expires and it is claimed again.
-async fn inspect(
-    services: &Services,
-    params: &SqalParams,
-    station_seed: u64,
-    lot: &ClaimedLot,
-    ctx: &TaskContext,
-) -> anyhow::Result<bool> {
-    // A lot can wait in the inbox past its lease and be claimed a second
-    // time. The copy that comes second finds it inspected and skips it.
-    // Starting renews the lease, so waiting does not eat into inspection.
-    // A claim made a moment ago cannot have been claimed again, and its
-    // lease is still whole.
-    let fresh = lot
-        .fresh_until
-        .is_some_and(|until| std::time::Instant::now() < until);
-    if !fresh
-        && !services
-            .store
-            .start_inspection(&lot.code_lot, services.lease_seconds)
-            .await?
-    {
-        tracing::info!(lot.code = %lot.code_lot, "lot already inspected, skipped");
-        return Ok(true);
+/// The running station and what its measurements need.
+struct Station {
+    services: Services,
+    params: SqalParams,
+    ctx: TaskContext,
+    seed: u64,
+    /// One permit per sample that may be in flight.
+    uplink: Arc<Semaphore>,
+}
+
+/// Outcome of measuring a lot.
+enum Measured {
+    /// Every sample is measured and sent; the inspection closes once their
+    /// receipts are in.
+    Sent(Vec<Upload>),
+    /// Another claim of the lot already finished it.
+    AlreadyInspected,
+    /// The station was stopped midway; the lot stays `inspecting` until its
+    /// lease expires and it is claimed again.
+    Cancelled,
+}
+
+impl Station {
+    /// Measures every liver of one lot and sends each sample.
+    async fn measure(&self, lot: &ClaimedLot) -> anyhow::Result<Measured> {
+        // A lot can wait in the inbox past its lease and be claimed a second
+        // time. The copy that comes second finds it inspected and skips it.
+        // Starting renews the lease, so waiting does not eat into inspection.
+        // A claim made a moment ago cannot have been claimed again, and its
+        // lease is still whole.
+        let fresh = lot
+            .fresh_until
+            .is_some_and(|until| std::time::Instant::now() < until);
+        let services = &self.services;
+        if !fresh
+            && !services
+                .store
+                .start_inspection(&lot.code_lot, services.lease_seconds)
+                .await?
+        {
+            tracing::info!(lot.code = %lot.code_lot, "lot already inspected, skipped");
+            return Ok(Measured::AlreadyInspected);
+        }
+        tracing::info!(lot.code = %lot.code_lot, attempts = lot.attempts, "inspection started");
+
+        let mut uploads = Vec::with_capacity(self.params.nb_samples as usize);
+        for sample_index in 0..self.params.nb_samples {
+            let mut rng =
+                ChaCha8Rng::seed_from_u64(sample_seed(self.seed, &lot.code_lot, sample_index));
+            let quality = draw_quality(&mut rng, self.params.profile);
+            // A foie gras weighs about 8 % of its duck's live weight.
+            let liver_weight_g = lot.poids_moyen_final * 0.08 * rng.gen_range(0.85..1.15);
+            let measurement = simulate(&mut rng, quality, liver_weight_g);
+            let payload =
+                SamplePayload::new(&self.params.device_id, &lot.code_lot, sample_index, measurement);
+            let permit = tokio::select! {
+                _ = self.ctx.cancel.cancelled() => return Ok(Measured::Cancelled),
+                permit = self.uplink.clone().acquire_owned() => permit.expect("the uplink is never closed"),
+            };
+            uploads.push(tokio::spawn(send(
+                services.clone(),
+                self.ctx.clone(),
+                payload,
+                lot.run_id.clone(),
+                permit,
+            )));
+
+            if self.params.interval == 0.0 {
+                if self.ctx.cancel.is_cancelled() {
+                    return Ok(Measured::Cancelled);
+                }
+                continue;
+            }
+            tokio::select! {
+                _ = self.ctx.cancel.cancelled() => return Ok(Measured::Cancelled),
+                _ = tokio::time::sleep(Duration::from_secs_f64(self.params.interval)) => {}
+            }
+        }
+        Ok(Measured::Sent(uploads))
     }
-    tracing::info!(lot.code = %lot.code_lot, attempts = lot.attempts, "inspection started");
-    for sample_index in 0..params.nb_samples {
-        let mut rng =
-            ChaCha8Rng::seed_from_u64(sample_seed(station_seed, &lot.code_lot, sample_index));
-        let quality = draw_quality(&mut rng, params.profile);
-        // A foie gras weighs about 8 % of its duck's live weight.
-        let liver_weight_g = lot.poids_moyen_final * 0.08 * rng.gen_range(0.85..1.15);
-        let measurement = simulate(&mut rng, quality, liver_weight_g);
-        let payload =
-            SamplePayload::new(&params.device_id, &lot.code_lot, sample_index, measurement);
-        let receipt = match services.ingest_sample(&payload).await {
-            Ok(receipt) => receipt,
-            // Measured by an earlier attempt at this lot: already counted.
-            Err(IngestError::Duplicate { .. }) => continue,
+}
+
+/// Sends one sample and counts it once stored; the permit frees its place
+/// in the uplink when the receipt is in.
+async fn send(
+    services: Services,
+    ctx: TaskContext,
+    payload: SamplePayload,
+    run_id: String,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+) -> Result<SampleReceipt, IngestError> {
+    let receipt = services.ingest_claimed_sample(&payload, &run_id).await?;
+    ctx.count(|counters| counters.samples += 1);
+    if receipt.product.is_some() {
+        ctx.count(|counters| counters.products += 1);
+    }
+    Ok(receipt)
+}
+
+/// Records a failed inspection for the monitor to claim the lot again.
+async fn fail(services: &Services, lot: &ClaimedLot, error: &anyhow::Error) -> anyhow::Result<()> {
+    let reason = format!("{error:#}");
+    tracing::error!(lot.code = %lot.code_lot, attempts = lot.attempts, error = %reason, "inspection failed");
+    services
+        .store
+        .fail_inspection(&lot.code_lot, &reason)
+        .await?;
+    services.publish_queue();
+    Ok(())
+}
+
+/// Counts a closed inspection: 1 when the lot was closed, 0 otherwise.
+fn was_closed(closed: Result<bool, tokio::task::JoinError>) -> u32 {
+    match closed {
+        Ok(closed) => closed as u32,
+        Err(error) => {
+            tracing::error!(error = %error, "closing an inspection panicked");
+            0
+        }
+    }
+}
+
+/// Waits for every sample of a lot to be acknowledged. A sample that an
+/// earlier attempt at the lot stored counts as acknowledged.
+async fn receipts(uploads: Vec<Upload>) -> anyhow::Result<()> {
+    for upload in uploads {
+        match upload.await.context("sending a sample panicked")? {
+            Ok(_) | Err(IngestError::Duplicate { .. }) => {}
             Err(IngestError::Invalid(invalid)) => {
                 anyhow::bail!("the twin produced a rejected sample: {invalid}")
             }
             Err(IngestError::Internal(error)) => return Err(error),
-        };
-        ctx.count(|counters| counters.samples += 1);
-        if receipt.product.is_some() {
-            ctx.count(|counters| counters.products += 1);
-        }
-
-        if params.interval == 0.0 {
-            if ctx.cancel.is_cancelled() {
-                return Ok(false);
-            }
-            continue;
-        }
-        tokio::select! {
-            _ = ctx.cancel.cancelled() => return Ok(false),
-            _ = tokio::time::sleep(Duration::from_secs_f64(params.interval)) => {}
         }
     }
+    Ok(())
+}
 
-    // Every stored sample of the lot counts, including those an earlier,
-    // interrupted attempt stored.
-    let (compliant, valid) = services.store.sample_outcomes(&lot.code_lot).await?;
-    let verdict = lot_verdict(compliant, valid);
-    services
-        .store
-        .finish_inspection(&lot.code_lot, verdict)
-        .await?;
-    tracing::info!(lot.code = %lot.code_lot, verdict, compliant, valid, "inspection finished");
-    services.bus.publish(Event::LotInspected {
-        code_lot: lot.code_lot.clone(),
-        verdict: verdict.to_string(),
-    });
-    services.publish_queue();
-    Ok(true)
+/// Closes the inspection of a measured lot once its samples are stored: its
+/// verdict from every stored sample, including those an earlier,
+/// interrupted attempt stored. Returns true when the lot was closed; a
+/// failure is recorded on the lot.
+async fn close(services: Services, lot: ClaimedLot, uploads: Vec<Upload>) -> bool {
+    let closing = async {
+        receipts(uploads).await?;
+        let (compliant, valid) = services.store.sample_outcomes(&lot.code_lot).await?;
+        let verdict = lot_verdict(compliant, valid);
+        services
+            .store
+            .finish_inspection(&lot.code_lot, verdict)
+            .await?;
+        tracing::info!(lot.code = %lot.code_lot, verdict, compliant, valid, "inspection finished");
+        services.bus.publish(Event::LotInspected {
+            code_lot: lot.code_lot.clone(),
+            verdict: verdict.to_string(),
+        });
+        services.publish_queue();
+        anyhow::Ok(())
+    };
+    match closing.await {
+        Ok(()) => true,
+        Err(error) => {
+            if let Err(failed) = fail(&services, &lot, &error).await {
+                tracing::error!(lot.code = %lot.code_lot, error = %format!("{failed:#}"), "failed to record the inspection failure");
+            }
+            false
+        }
+    }
 }
 
 /// Decides a lot's verdict: approved when at least 80 % of its valid samples
