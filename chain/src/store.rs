@@ -122,10 +122,11 @@ pub enum MealBatchStored {
     Stopped { index: usize, outcome: MealStored },
 }
 
-/// Meals per multi-row insert, 12 parameters each. Through sqlx 0.8's
-/// SQLite driver the cost per row grows with the statement. 1,350 meals took
-/// about 19 ms in chunks of 16 or 50 rows, 41 ms in chunks of 100 and
+/// Meals per multi-row insert, 12 parameters each. With named `$N`
+/// parameters, sqlx 0.8's SQLite driver made the cost per row grow with the
+/// statement: 1,350 meals took about 19 ms in chunks of 16 or 50 rows and
 /// 150 ms in chunks of 400 (bench/chain_throughput.py, release, 2 cores).
+/// SQLite statements now bind by position (see `placeholder_rows`).
 const MEALS_PER_INSERT: usize = 32;
 /// Lot codes per `IN (…)` read.
 const LOTS_PER_READ: usize = 500;
@@ -221,7 +222,7 @@ fn sqlite_url_with_create(url: &str) -> String {
 }
 
 impl Engine {
-    /// The engine a connection talks to.
+    /// Returns the engine a connection talks to.
     pub fn of(connection: &sqlx::AnyConnection) -> Engine {
         if connection.backend_name() == "PostgreSQL" {
             Engine::Postgres
@@ -234,9 +235,10 @@ impl Engine {
 /// Placeholders of a multi-row `VALUES` list whose values are bound in
 /// order from the first: `($1, $2), ($3, $4)` for two rows of two columns
 /// on PostgreSQL, `(?, ?), (?, ?)` on SQLite. SQLite keeps the names of
-/// `$N` parameters in a list that sqlx searches once per parameter, so a
-/// statement of a few hundred named parameters spends more time binding
-/// than running; anonymous ones are bound by position.
+/// `$N` parameters in a list, and sqlx searches that list for every
+/// parameter it binds. A statement of a few hundred named parameters then
+/// spends more time binding than running, while anonymous ones are bound by
+/// position.
 pub(crate) fn placeholder_rows(engine: Engine, rows: usize, columns: usize) -> String {
     let mut text = String::with_capacity(rows * columns * 5);
     for row in 0..rows {
@@ -258,15 +260,15 @@ pub(crate) fn placeholder_list(engine: Engine, count: usize) -> String {
 
 /// `count` placeholders separated by commas, numbered from `first` on
 /// PostgreSQL.
-fn placeholder_run(engine: Engine, first: usize, count: usize) -> String {
+pub(crate) fn placeholder_run(engine: Engine, first: usize, count: usize) -> String {
     (first..first + count)
         .map(|n| placeholder(engine, n))
         .collect::<Vec<_>>()
         .join(", ")
 }
 
-/// The `n`th parameter of a statement whose parameters are all bound in
-/// order: `$n` on PostgreSQL, `?` on SQLite.
+/// Returns the `n`th parameter of a statement whose parameters are all
+/// bound in order: `$n` on PostgreSQL, `?` on SQLite.
 pub(crate) fn placeholder(engine: Engine, n: usize) -> String {
     match engine {
         Engine::Postgres => format!("${n}"),
@@ -607,8 +609,8 @@ impl Store {
     /// refused or already stored stops the batch and nothing is written.
     ///
     /// A batch costs one lot read, one insert per `MEALS_PER_INSERT` meals
-    /// and the queueing of each finished lot, where one transaction per meal
-    /// costs four statements. The simulator stores every meal that falls due
+    /// and a few statements for the lots it finishes, where one transaction
+    /// per meal costs four statements. The simulator stores every meal that falls due
     /// at once this way.
     pub async fn ingest_meals(&self, meals: &[MealRow]) -> anyhow::Result<MealBatchStored> {
         let mut tx = self.write.begin().await?;
@@ -639,8 +641,9 @@ impl Store {
         for chunk in meals.chunks(MEALS_PER_INSERT) {
             Self::insert_meals(&mut tx, chunk, &mut ids).await?;
         }
-        for &index in &finished {
-            Self::queue_finished_lot(&mut tx, &meals[index]).await?;
+        let last_meals: Vec<&MealRow> = finished.iter().map(|&index| &meals[index]).collect();
+        if !last_meals.is_empty() {
+            Self::queue_finished_lots(&mut tx, &last_meals).await?;
         }
         tx.commit().await?;
 
@@ -758,44 +761,75 @@ impl Store {
         Ok(())
     }
 
-    /// Marks a lot whose last meal is `meal` ready for slaughter, queues it
-    /// for inspection and appends the end of its gavage to its chain.
-    async fn queue_finished_lot(
+    /// Marks the lots whose last meals are `last_meals` ready for slaughter,
+    /// queues them for inspection and appends the end of their gavage to
+    /// their chains, with a few statements per `LOTS_PER_INSERT` lots.
+    async fn queue_finished_lots(
         tx: &mut sqlx::AnyConnection,
-        meal: &MealRow,
+        last_meals: &[&MealRow],
     ) -> anyhow::Result<()> {
+        let engine = Engine::of(tx);
         let now = crate::time::now();
-        sqlx::query(
-            "UPDATE lots SET status = 'pret_abattage', finished_at = $1 WHERE code_lot = $2",
-        )
-        .bind(&now)
-        .bind(&meal.code_lot)
-        .execute(&mut *tx)
-        .await?;
+        for chunk in last_meals.chunks(LOTS_PER_INSERT) {
+            let sql = format!(
+                "UPDATE lots SET status = 'pret_abattage', finished_at = {} \
+                 WHERE code_lot IN ({})",
+                placeholder(engine, 1),
+                placeholder_run(engine, 2, chunk.len())
+            );
+            let mut query = sqlx::query(&sql).bind(&now);
+            for meal in chunk {
+                query = query.bind(&meal.code_lot);
+            }
+            query
+                .execute(&mut *tx)
+                .await
+                .with_context(|| format!("mark {} lots ready for slaughter", chunk.len()))?;
 
-        sqlx::query(
-            "INSERT INTO sqal_pending_lots (code_lot, gaveur_id, site, genetique, poids_moyen_final, \
-             nb_canards_final, taux_mortalite, slaughter_at, status, attempts, created_at, updated_at) \
-             SELECT code_lot, gaveur_id, site, genetique, $1, $2, $3, $4, 'pending', 0, $4, $4 \
-             FROM lots WHERE code_lot = $5",
-        )
-        .bind(meal.poids_moyen)
-        .bind(meal.nb_canards_vivants)
-        .bind(meal.taux_mortalite)
-        .bind(&now)
-        .bind(&meal.code_lot)
-        .execute(&mut *tx)
-        .await
-        .with_context(|| format!("queue lot {} for inspection", meal.code_lot))?;
+            // The final figures come from each lot's last meal, the rest
+            // from the lot.
+            let sql = format!(
+                "WITH last_meal (code_lot, poids_moyen, nb_canards_vivants, taux_mortalite) AS \
+                 (VALUES {}) \
+                 INSERT INTO sqal_pending_lots (code_lot, gaveur_id, site, genetique, poids_moyen_final, \
+                 nb_canards_final, taux_mortalite, slaughter_at, status, attempts, created_at, updated_at) \
+                 SELECT l.code_lot, l.gaveur_id, l.site, l.genetique, m.poids_moyen, \
+                 m.nb_canards_vivants, m.taux_mortalite, l.finished_at, 'pending', 0, \
+                 l.finished_at, l.finished_at \
+                 FROM lots l JOIN last_meal m ON m.code_lot = l.code_lot",
+                placeholder_rows(engine, chunk.len(), 4)
+            );
+            let mut query = sqlx::query(&sql);
+            for meal in chunk {
+                query = query
+                    .bind(&meal.code_lot)
+                    .bind(meal.poids_moyen)
+                    .bind(meal.nb_canards_vivants)
+                    .bind(meal.taux_mortalite);
+            }
+            query.execute(&mut *tx).await.with_context(|| {
+                format!("queue {} lots from {} for inspection", chunk.len(), chunk[0].code_lot)
+            })?;
+        }
 
-        let event = ledger::gavage_finished(
-            meal.poids_moyen,
-            meal.nb_canards_vivants,
-            meal.taux_mortalite,
-            &now,
-        );
-        ledger::append(tx, &meal.code_lot, ledger::GAVAGE_FINISHED, &event).await?;
-        Ok(())
+        let codes: Vec<&str> = last_meals.iter().map(|meal| meal.code_lot.as_str()).collect();
+        let mut heads = ledger::heads(tx, &codes).await?;
+        let events: Vec<ledger::NewEvent> = last_meals
+            .iter()
+            .map(|meal| {
+                let event = ledger::gavage_finished(
+                    meal.poids_moyen,
+                    meal.nb_canards_vivants,
+                    meal.taux_mortalite,
+                    &now,
+                );
+                heads
+                    .get_mut(&meal.code_lot)
+                    .expect("heads returns every requested lot")
+                    .chain(&meal.code_lot, ledger::GAVAGE_FINISHED, &event)
+            })
+            .collect();
+        ledger::insert(tx, &events).await
     }
 
     /// Reads, without taking the writer, how many more lots may be claimed

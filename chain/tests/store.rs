@@ -308,6 +308,71 @@ async fn finished_lot_is_claimed_once() {
 }
 
 #[tokio::test]
+async fn batch_finishing_lots_queues_each() {
+    let databases = fresh_databases().await;
+    for url in databases.urls.iter() {
+        let store = Store::connect(url).await.unwrap();
+        store.insert_gavage_run("R1", 2, 1000.0, 7).await.unwrap();
+        let lots = [new_lot(&store, "R1").await, new_lot(&store, "R1").await];
+        // Both lots' meals in one batch, the last ones with their own
+        // final figures.
+        let mut meals = Vec::new();
+        for jour in 0..=12 {
+            for moment in [Moment::Matin, Moment::Soir] {
+                for (n, code) in lots.iter().enumerate() {
+                    let mut row = meal(code, jour, moment);
+                    if jour == 12 && moment == Moment::Soir {
+                        row.poids_moyen = 7000.0 + n as f64;
+                        row.nb_canards_vivants = 40 + n as i64;
+                    }
+                    meals.push(row);
+                }
+            }
+        }
+        let stored = store.ingest_meals(&meals).await.unwrap();
+        assert!(
+            matches!(stored, MealBatchStored::Stored(ref rows) if rows.len() == meals.len()),
+            "{url}: {stored:?}"
+        );
+        assert_eq!(store.queue_counts().await.unwrap(), (2, 0), "{url}");
+
+        let claimed = store.claim_lots(60.0, 2).await.unwrap();
+        assert_eq!(claimed.len(), 2, "{url}");
+        for (n, lot) in claimed.iter().enumerate() {
+            assert_eq!(lot.code_lot, lots[n], "{url}");
+            assert_eq!(lot.poids_moyen_final, 7000.0 + n as f64, "{url}: {lot:?}");
+        }
+        let raw = sqlx::AnyPool::connect(url).await.unwrap();
+        for (n, code) in lots.iter().enumerate() {
+            let (status, finished): (String, i64) = sqlx::query_as(
+                "SELECT l.status, p.nb_canards_final FROM lots l \
+                 JOIN sqal_pending_lots p ON p.code_lot = l.code_lot WHERE l.code_lot = $1",
+            )
+            .bind(code)
+            .fetch_one(&raw)
+            .await
+            .unwrap();
+            assert_eq!(status, "pret_abattage", "{url}: {code}");
+            assert_eq!(finished, 40 + n as i64, "{url}: {code}");
+            let kinds: Vec<String> = sqlx::query_scalar(
+                "SELECT kind FROM trace_events WHERE code_lot = $1 ORDER BY seq",
+            )
+            .bind(code)
+            .fetch_all(&raw)
+            .await
+            .unwrap();
+            assert_eq!(
+                kinds,
+                ["lot_created", "gavage_finished", "inspection_started"],
+                "{url}: {code}"
+            );
+        }
+        raw.close().await;
+        store.close().await;
+    }
+}
+
+#[tokio::test]
 async fn claims_stop_at_lots_in_flight() {
     let databases = fresh_databases().await;
     for url in databases.urls.iter() {
