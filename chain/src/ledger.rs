@@ -5,10 +5,10 @@
 //! rebuilt from the stored rows at verification. Changing a stored value
 //! or an event therefore makes verification fail.
 
+use crate::store::Engine;
 use anyhow::Context;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use crate::store::Engine;
 use sqlx::Row;
 
 /// `prev_hash` of a lot's first event.
@@ -124,6 +124,28 @@ pub async fn append(
     let event = head.chain(code_lot, kind, payload);
     insert(connection, &[event]).await?;
     Ok(head)
+}
+
+/// Appends one event of kind `kind` to the chain of each lot in `events`,
+/// on the caller's transaction, with one head read and one insert per batch
+/// of lots.
+pub async fn append_to_each(
+    connection: &mut sqlx::AnyConnection,
+    kind: &'static str,
+    events: &[(&str, Value)],
+) -> anyhow::Result<()> {
+    let lots: Vec<&str> = events.iter().map(|(code_lot, _)| *code_lot).collect();
+    let mut heads = heads(connection, &lots).await?;
+    let chained: Vec<NewEvent> = events
+        .iter()
+        .map(|(code_lot, payload)| {
+            heads
+                .get_mut(*code_lot)
+                .expect("heads returns every requested lot")
+                .chain(code_lot, kind, payload)
+        })
+        .collect();
+    insert(connection, &chained).await
 }
 
 /// Reads the last event of a lot's chain, or the genesis head of an empty

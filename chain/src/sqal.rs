@@ -12,12 +12,12 @@ use crate::supervisor::TaskContext;
 use crate::views::{
     Alert, AlertLevel, Band, Defect, DefectKind, Event, RatioReading, SampleDetails,
 };
+use anyhow::Context;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
-use std::time::Duration;
-use anyhow::Context;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{mpsc, Semaphore};
 
 pub const GRID: usize = 8;
@@ -806,8 +806,8 @@ pub async fn run(
     while let Some(closed) = closing.join_next().await {
         inspected += was_closed(closed);
     }
-    // Samples of a lot left midway are stored all the same; wait for them
-    // so that the counters the task ends with include them.
+    // Samples of a lot left midway are stored all the same. Waiting for
+    // them lets the task's final counters include them.
     let _ = station.uplink.acquire_many(UPLINK_DEPTH).await;
     Ok(format!("{inspected} lots inspectés"))
 }
@@ -829,8 +829,8 @@ enum Measured {
     Sent(Vec<Upload>),
     /// Another claim of the lot already finished it.
     AlreadyInspected,
-    /// The station was stopped midway; the lot stays `inspecting` until its
-    /// lease expires and it is claimed again.
+    /// The station was stopped midway, so the lot stays `inspecting` until
+    /// its lease expires and it is claimed again.
     Cancelled,
 }
 
@@ -865,8 +865,12 @@ impl Station {
             // A foie gras weighs about 8 % of its duck's live weight.
             let liver_weight_g = lot.poids_moyen_final * 0.08 * rng.gen_range(0.85..1.15);
             let measurement = simulate(&mut rng, quality, liver_weight_g);
-            let payload =
-                SamplePayload::new(&self.params.device_id, &lot.code_lot, sample_index, measurement);
+            let payload = SamplePayload::new(
+                &self.params.device_id,
+                &lot.code_lot,
+                sample_index,
+                measurement,
+            );
             let permit = tokio::select! {
                 _ = self.ctx.cancel.cancelled() => return Ok(Measured::Cancelled),
                 permit = self.uplink.clone().acquire_owned() => permit.expect("the uplink is never closed"),
@@ -949,10 +953,10 @@ async fn receipts(uploads: Vec<Upload>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Closes the inspection of a measured lot once its samples are stored: its
-/// verdict from every stored sample, including those an earlier,
-/// interrupted attempt stored. Returns true when the lot was closed; a
-/// failure is recorded on the lot.
+/// Closes a measured lot's inspection once its samples are stored. The
+/// verdict counts every stored sample, an interrupted attempt's included.
+/// Returns true when the lot was closed, and records a failure on the lot
+/// otherwise.
 async fn close(services: Services, lot: ClaimedLot, uploads: Vec<Upload>) -> bool {
     let closing = async {
         receipts(uploads).await?;

@@ -808,13 +808,15 @@ impl Store {
                     .bind(meal.taux_mortalite);
             }
             query.execute(&mut *tx).await.with_context(|| {
-                format!("queue {} lots from {} for inspection", chunk.len(), chunk[0].code_lot)
+                format!(
+                    "queue {} lots from {} for inspection",
+                    chunk.len(),
+                    chunk[0].code_lot
+                )
             })?;
         }
 
-        let codes: Vec<&str> = last_meals.iter().map(|meal| meal.code_lot.as_str()).collect();
-        let mut heads = ledger::heads(tx, &codes).await?;
-        let events: Vec<ledger::NewEvent> = last_meals
+        let events: Vec<(&str, serde_json::Value)> = last_meals
             .iter()
             .map(|meal| {
                 let event = ledger::gavage_finished(
@@ -823,13 +825,10 @@ impl Store {
                     meal.taux_mortalite,
                     &now,
                 );
-                heads
-                    .get_mut(&meal.code_lot)
-                    .expect("heads returns every requested lot")
-                    .chain(&meal.code_lot, ledger::GAVAGE_FINISHED, &event)
+                (meal.code_lot.as_str(), event)
             })
             .collect();
-        ledger::insert(tx, &events).await
+        ledger::append_to_each(tx, ledger::GAVAGE_FINISHED, &events).await
     }
 
     /// Reads, without taking the writer, how many more lots may be claimed
@@ -874,7 +873,10 @@ impl Store {
         // Room left under the cap, at most `limit` and never negative,
         // because SQLite reads a negative LIMIT as no limit.
         let (room, lock) = match self.engine {
-            Engine::Postgres => ("GREATEST(0, LEAST($5, $4 - COUNT(*)))", " FOR UPDATE SKIP LOCKED"),
+            Engine::Postgres => (
+                "GREATEST(0, LEAST($5, $4 - COUNT(*)))",
+                " FOR UPDATE SKIP LOCKED",
+            ),
             Engine::Sqlite => ("max(0, min($5, $4 - COUNT(*)))", ""),
         };
         let sql = format!(
@@ -932,19 +934,14 @@ impl Store {
             (a_created, &a.code_lot).cmp(&(b_created, &b.code_lot))
         });
 
-        let codes: Vec<&str> = claimed.iter().map(|(_, lot)| lot.code_lot.as_str()).collect();
-        let mut heads = ledger::heads(&mut tx, &codes).await?;
-        let events: Vec<ledger::NewEvent> = claimed
+        let events: Vec<(&str, serde_json::Value)> = claimed
             .iter()
             .map(|(_, lot)| {
-                let head = heads
-                    .get_mut(&lot.code_lot)
-                    .expect("heads returns every requested lot");
                 let event = ledger::inspection_started(lot.attempts, &now);
-                head.chain(&lot.code_lot, ledger::INSPECTION_STARTED, &event)
+                (lot.code_lot.as_str(), event)
             })
             .collect();
-        ledger::insert(&mut tx, &events).await?;
+        ledger::append_to_each(&mut tx, ledger::INSPECTION_STARTED, &events).await?;
         tx.commit().await?;
         // A tenth of the lease, at most a second (none for a lease that has
         // already run out, as tests set).

@@ -434,11 +434,19 @@ async fn batch_claim_fills_room_in_order() {
             feed_whole_lot(&store, &code).await;
             codes.push(code);
         }
-        assert_eq!(store.claim_room().await.unwrap(), (in_flight, lots), "{url}");
+        assert_eq!(
+            store.claim_room().await.unwrap(),
+            (in_flight, lots),
+            "{url}"
+        );
 
         let first = store.claim_lots(60.0, 3).await.unwrap();
         let claimed: Vec<&str> = first.iter().map(|lot| lot.code_lot.as_str()).collect();
-        assert_eq!(claimed, codes[..3], "{url}: the three oldest lots, in order");
+        assert_eq!(
+            claimed,
+            codes[..3],
+            "{url}: the three oldest lots, in order"
+        );
         for lot in &first {
             assert_eq!(lot.run_id, "R1", "{url}: {lot:?}");
             assert_eq!(lot.attempts, 1, "{url}: {lot:?}");

@@ -353,8 +353,14 @@ mod tests {
         let before = Instant::now();
         cache.touch(Some("LL2612001"));
         cache.store(key.clone(), page(before));
-        assert!(cache.lookup(&key, None).is_none(), "a stale render was kept");
+        assert!(
+            cache.lookup(&key, None).is_none(),
+            "a stale render was kept"
+        );
         cache.store(key.clone(), page(Instant::now()));
-        assert!(cache.lookup(&key, None).is_some(), "a fresh render was dropped");
+        assert!(
+            cache.lookup(&key, None).is_some(),
+            "a fresh render was dropped"
+        );
     }
 }
