@@ -59,6 +59,48 @@ def query(database_url, sql):
     return [tuple(line.split("|")) for line in output.splitlines() if line]
 
 
+def process_cpu_seconds(pid):
+    """Returns the user and system CPU seconds a process has used, or 0 when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_snapshot(server_pid):
+    """Returns CPU seconds used so far by the server, by PostgreSQL's
+    processes, and by the whole machine split into busy and idle."""
+    postgres = 0.0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/comm") as comm:
+                    if comm.read().strip() == "postgres":
+                        postgres += process_cpu_seconds(entry)
+            except OSError:
+                pass
+    with open("/proc/stat") as stat:
+        ticks = [int(value) for value in stat.readline().split()[1:]]
+    idle = (ticks[3] + ticks[4]) / os.sysconf("SC_CLK_TCK")
+    busy = sum(ticks[:8]) / os.sysconf("SC_CLK_TCK") - idle
+    return {"server": process_cpu_seconds(server_pid), "postgres": postgres, "busy": busy, "idle": idle}
+
+
+def cpu_shares(before, after, samples):
+    """Describes where the machine's CPU went between two snapshots, with
+    the CPU milliseconds per stored sample for the server and PostgreSQL."""
+    used = {key: after[key] - before[key] for key in before}
+    total = used["busy"] + used["idle"]
+    other = used["busy"] - used["server"] - used["postgres"]
+    parts = [f"{name} {used[name] / total:.0%}" for name in ("server", "postgres")]
+    parts += [f"other (wrk, system) {other / total:.0%}", f"idle {used['idle'] / total:.0%}"]
+    per_sample = ", ".join(f"{name} {used[name] * 1000 / max(samples, 1):.3f} ms"
+                           for name in ("server", "postgres"))
+    return f"CPU during the load: {', '.join(parts)}; per sample: {per_sample}"
+
+
 def lua_script(lots, threads):
     """Returns a wrk script that posts each (lot, index) pair once across threads."""
     body = json.dumps(device_sample()).replace('"sample_index": 0', '"sample_index": @INDEX@')
@@ -116,8 +158,10 @@ def main():
             script = os.path.join(scratch, "ingest.lua")
             with open(script, "w") as out:
                 out.write(lua_script(lots, args.threads))
+            before = cpu_snapshot(server.pid)
             figures = run_wrk(base + "/api/sqal/samples", args.connections, args.duration, args.threads,
                               script=script)
+            after = cpu_snapshot(server.pid)
             samples = int(query(database_url, "SELECT COUNT(*) FROM sqal_samples")[0][0])
             products = int(query(database_url, "SELECT COUNT(*) FROM products")[0][0])
             if samples > LOTS * (MAX_SAMPLE_INDEX + 1):
@@ -127,6 +171,7 @@ def main():
                   f"p50 {figures['p50_ms']:.2f} ms  p90 {figures['p90_ms']:.2f} ms  "
                   f"p99 {figures['p99_ms']:.2f} ms  errors {figures['errors']}")
             print(f"stored: {samples} samples, {products} products")
+            print(cpu_shares(before, after, samples))
             if figures["errors"]:
                 # Show why: one more sample, past the indexes wrk used.
                 probe = dict(device_sample(), code_lot=lots[0], sample_index=MAX_SAMPLE_INDEX)
