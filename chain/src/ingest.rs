@@ -9,6 +9,8 @@ use crate::services::Services;
 use crate::sqal::{analyze, Measurement, CHANNELS, ZONES};
 use crate::views::{Event, GradedSample, ProductView, SampleDetails};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 /// Largest distance the VL53L8CH reports, in mm.
 pub const MAX_DISTANCE_MM: f64 = 4000.0;
@@ -68,6 +70,49 @@ impl SamplePayload {
             as7341_gain: measurement.as7341_gain,
             as7341_integration_ms: measurement.as7341_integration_ms,
         }
+    }
+}
+
+/// Lots known to be ready for slaughter, with their run, so that a device
+/// sending a lot's samples one after another costs one read of the lot,
+/// not one per sample. No statement moves a lot out of `pret_abattage`,
+/// deletes it or changes its run, so an entry cannot go stale. Only lots
+/// found ready are kept.
+#[derive(Clone, Default)]
+pub struct ReadyLots {
+    runs: Arc<Mutex<HashMap<String, String>>>,
+}
+
+impl ReadyLots {
+    /// Lots kept at most; past this the cache starts again empty. Far more
+    /// than the lots a cooperative inspects at once.
+    pub const CAPACITY: usize = 4096;
+
+    /// Run of `code_lot` if it is known to be ready for slaughter.
+    pub fn run_of(&self, code_lot: &str) -> Option<String> {
+        self.runs
+            .lock()
+            .expect("ready lots lock")
+            .get(code_lot)
+            .cloned()
+    }
+
+    /// Records that `code_lot`, of run `run_id`, is ready for slaughter.
+    pub fn remember(&self, code_lot: &str, run_id: &str) {
+        let mut runs = self.runs.lock().expect("ready lots lock");
+        if runs.len() >= Self::CAPACITY && !runs.contains_key(code_lot) {
+            runs.clear();
+        }
+        runs.insert(code_lot.to_string(), run_id.to_string());
+    }
+
+    /// Lots currently kept.
+    pub fn len(&self) -> usize {
+        self.runs.lock().expect("ready lots lock").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -193,6 +238,9 @@ impl Services {
         payload: &SamplePayload,
     ) -> Result<SampleReceipt, IngestError> {
         let measurement = validate(payload)?;
+        if let Some(run_id) = self.ready_lots.run_of(&payload.code_lot) {
+            return self.grade_and_record(payload, measurement, run_id).await;
+        }
         let Some((run_id, status)) = self.store.lot_run_and_status(&payload.code_lot).await? else {
             return Err(InvalidParam::new(
                 "code_lot",
@@ -209,7 +257,7 @@ impl Services {
             )
             .into());
         }
-
+        self.ready_lots.remember(&payload.code_lot, &run_id);
         self.grade_and_record(payload, measurement, run_id).await
     }
 
@@ -380,6 +428,25 @@ mod tests {
                 validate(&payload)
             );
         }
+    }
+
+    #[test]
+    fn ready_lots_start_again_when_full() {
+        let ready = ReadyLots::default();
+        for lot in 0..ReadyLots::CAPACITY {
+            ready.remember(&format!("LL26{lot:07}"), "R1");
+        }
+        assert_eq!(ready.len(), ReadyLots::CAPACITY);
+        ready.remember("LL260000005", "R1");
+        assert_eq!(
+            ready.len(),
+            ReadyLots::CAPACITY,
+            "a known lot cleared the cache"
+        );
+        ready.remember("LS2612001", "R2");
+        assert_eq!(ready.len(), 1, "the cache grew past its capacity");
+        assert_eq!(ready.run_of("LS2612001").as_deref(), Some("R2"));
+        assert_eq!(ready.run_of("LL260000005"), None);
     }
 
     #[test]

@@ -28,6 +28,8 @@ pub struct Services {
     /// Graded samples on their way to the store, written in shared
     /// transactions.
     pub(crate) samples: crate::group_commit::SampleQueue,
+    /// Lots found ready for slaughter by the device ingest.
+    pub ready_lots: crate::ingest::ReadyLots,
     /// Sender to the running SQAL station, if any.
     station_inbox: Arc<Mutex<Option<mpsc::UnboundedSender<ClaimedLot>>>>,
     /// One lock per task, held from the status check to the spawn, so that
@@ -76,6 +78,7 @@ impl Services {
             lease_seconds: monitor::LEASE_SECONDS,
             instance: "local".to_string(),
             samples: Default::default(),
+            ready_lots: Default::default(),
             station_inbox: Arc::new(Mutex::new(None)),
             starting: Arc::new(Default::default()),
             queue_counts: Arc::default(),

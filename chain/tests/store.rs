@@ -966,16 +966,35 @@ async fn abandoned_ingests_are_written_before_close() {
     }
 }
 
+/// Connects to `url` and makes two lots of run R1 ready for slaughter.
+async fn two_ready_lots(url: &str) -> (Store, [String; 2]) {
+    let store = Store::connect(url).await.unwrap();
+    store.insert_gavage_run("R1", 2, 1000.0, 7).await.unwrap();
+    let lots = [new_lot(&store, "R1").await, new_lot(&store, "R1").await];
+    for code in &lots {
+        feed_whole_lot(&store, code).await;
+    }
+    (store, lots)
+}
+
+/// Checks the hash chain behind each product token.
+async fn assert_verified(store: &Store, url: &str, tokens: &[String]) {
+    for token in tokens {
+        let proof = store.verify(token).await.unwrap().expect("a known token");
+        assert_eq!(
+            proof.status,
+            IntegrityStatus::Verified,
+            "{url}: {token}: {:?}",
+            proof.problems
+        );
+    }
+}
+
 #[tokio::test]
 async fn concurrent_ingest_stores_every_sample() {
     let databases = fresh_databases().await;
     for url in databases.urls.iter() {
-        let store = Store::connect(&url).await.unwrap();
-        store.insert_gavage_run("R1", 2, 1000.0, 7).await.unwrap();
-        let lots = [new_lot(&store, "R1").await, new_lot(&store, "R1").await];
-        for code in &lots {
-            feed_whole_lot(&store, code).await;
-        }
+        let (store, lots) = two_ready_lots(url).await;
         let services = Services::new(store.clone(), "http://127.0.0.1:3000");
 
         const REQUESTS: u32 = 60;
@@ -1011,20 +1030,60 @@ async fn concurrent_ingest_stores_every_sample() {
             !tokens.is_empty(),
             "{url}: no compliant sample among {REQUESTS}"
         );
-        for token in &tokens {
-            let proof = store.verify(token).await.unwrap().expect("a known token");
-            assert_eq!(
-                proof.status,
-                IntegrityStatus::Verified,
-                "{url}: {:?}",
-                proof.problems
-            );
-        }
+        assert_verified(&store, url, &tokens).await;
         let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sqal_samples")
             .fetch_one(store.pool())
             .await
             .unwrap();
         assert_eq!(stored, REQUESTS as i64, "{url}");
+        store.close().await;
+    }
+}
+
+#[tokio::test]
+async fn ingest_remembers_only_lots_ready_for_slaughter() {
+    let databases = fresh_databases().await;
+    for url in databases.urls.iter() {
+        let store = Store::connect(url).await.unwrap();
+        store.insert_gavage_run("R1", 1, 1000.0, 7).await.unwrap();
+        let code_lot = new_lot(&store, "R1").await;
+        let services = Services::new(store.clone(), "http://127.0.0.1:3000");
+        let payload = |index| {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(index as u64);
+            SamplePayload::new(
+                "ESP32_LL_01",
+                &code_lot,
+                index,
+                simulate(&mut rng, 0.9, 560.0),
+            )
+        };
+
+        let refused = services.ingest_sample(&payload(0)).await.unwrap_err();
+        assert!(
+            refused.to_string().contains("en_gavage"),
+            "{url}: a lot in gavage should be refused, got {refused}"
+        );
+        assert_eq!(
+            services.ready_lots.run_of(&code_lot),
+            None,
+            "{url}: a lot in gavage was remembered as ready"
+        );
+
+        feed_whole_lot(&store, &code_lot).await;
+        for index in 0..3 {
+            let receipt = services.ingest_sample(&payload(index)).await;
+            assert!(receipt.is_ok(), "{url}: sample {index}: {receipt:?}");
+        }
+        assert_eq!(
+            services.ready_lots.run_of(&code_lot).as_deref(),
+            Some("R1"),
+            "{url}: the ready lot was not remembered with its run"
+        );
+        let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sqal_samples")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(stored, 3, "{url}");
         store.close().await;
     }
 }
