@@ -294,7 +294,7 @@ impl Head {
 }
 
 /// Events per multi-row insert: 7 parameters each.
-const EVENTS_PER_INSERT: usize = 48;
+pub(crate) const EVENTS_PER_INSERT: usize = 48;
 
 /// Inserts events hashed by `Head::chain`, on the caller's transaction.
 pub async fn insert(
@@ -303,32 +303,49 @@ pub async fn insert(
 ) -> anyhow::Result<()> {
     let recorded_at = crate::time::now();
     for chunk in events.chunks(EVENTS_PER_INSERT) {
-        let sql = format!(
-            "INSERT INTO trace_events (code_lot, seq, kind, payload, prev_hash, hash, recorded_at) VALUES {}",
-            crate::store::placeholder_rows(Engine::of(connection), chunk.len(), 7)
-        );
-        let mut query = sqlx::query(&sql);
-        for event in chunk {
-            query = query
-                .bind(&event.code_lot)
-                .bind(event.seq)
-                .bind(event.kind)
-                .bind(&event.payload)
-                .bind(&event.prev_hash)
-                .bind(&event.hash)
-                .bind(&recorded_at);
-        }
-        query.execute(&mut *connection).await.with_context(|| {
-            let first = &chunk[0];
-            format!(
-                "append {} events to the chain of lot {} from seq {}",
-                chunk.len(),
-                first.code_lot,
-                first.seq
-            )
-        })?;
+        let sql = insert_statement(Engine::of(connection), 1, chunk.len());
+        bind_events(sqlx::query(&sql), chunk, &recorded_at)
+            .execute(&mut *connection)
+            .await
+            .with_context(|| {
+                let first = &chunk[0];
+                format!(
+                    "append {} events to the chain of lot {} from seq {}",
+                    chunk.len(),
+                    first.code_lot,
+                    first.seq
+                )
+            })?;
     }
     Ok(())
+}
+
+/// An insert of `count` events, its parameters numbered from `first`.
+pub(crate) fn insert_statement(engine: Engine, first: usize, count: usize) -> String {
+    format!(
+        "INSERT INTO trace_events (code_lot, seq, kind, payload, prev_hash, hash, recorded_at) VALUES {}",
+        crate::store::placeholder_rows_from(engine, first, count, 7)
+    )
+}
+
+/// Binds the parameters of `insert_statement` in order, every event
+/// recorded at `recorded_at`.
+pub(crate) fn bind_events<'q>(
+    mut query: crate::store::AnyQuery<'q>,
+    events: &'q [NewEvent],
+    recorded_at: &'q str,
+) -> crate::store::AnyQuery<'q> {
+    for event in events {
+        query = query
+            .bind(&event.code_lot)
+            .bind(event.seq)
+            .bind(event.kind)
+            .bind(&event.payload)
+            .bind(&event.prev_hash)
+            .bind(&event.hash)
+            .bind(recorded_at);
+    }
+    query
 }
 
 #[cfg(test)]
