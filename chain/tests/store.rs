@@ -3,7 +3,7 @@
 //! database, used only to create one database per test).
 
 use chain::gavage::{MealOutcome, Moment};
-use chain::ingest::SamplePayload;
+use chain::ingest::{IngestError, SamplePayload};
 use chain::services::Services;
 use chain::sqal::{analyze, simulate};
 use chain::store::{
@@ -1036,6 +1036,53 @@ async fn concurrent_ingest_stores_every_sample() {
             .await
             .unwrap();
         assert_eq!(stored, REQUESTS as i64, "{url}");
+        store.close().await;
+    }
+}
+
+#[tokio::test]
+async fn resent_samples_stored_once_concurrently() {
+    let databases = fresh_databases().await;
+    for url in databases.urls.iter() {
+        let (store, lots) = two_ready_lots(url).await;
+        let services = Services::new(store.clone(), "http://127.0.0.1:3000");
+
+        // Every sample twice: once in ascending order, once in descending
+        // order, all at once, as devices retrying after a timeout would.
+        const KEYS: u32 = 24;
+        let keys: Vec<u32> = (0..KEYS).chain((0..KEYS).rev()).collect();
+        let mut requests = tokio::task::JoinSet::new();
+        for key in keys {
+            let services = services.clone();
+            let code_lot = lots[(key % 2) as usize].clone();
+            requests.spawn(async move {
+                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(key as u64);
+                let measurement = simulate(&mut rng, 0.9, 560.0);
+                let payload = SamplePayload::new("ESP32_LL_01", &code_lot, key / 2, measurement);
+                services.ingest_sample(&payload).await
+            });
+        }
+        let (mut stored, mut duplicates) = (0, 0);
+        let mut tokens = Vec::new();
+        while let Some(joined) = requests.join_next().await {
+            match joined.expect("request task") {
+                Ok(receipt) => {
+                    stored += 1;
+                    tokens.extend(receipt.product.map(|product| product.token));
+                }
+                Err(IngestError::Duplicate { .. }) => duplicates += 1,
+                Err(error) => panic!("{url}: a resent sample failed: {error}"),
+            }
+        }
+        assert_eq!(stored, KEYS, "{url}: samples stored");
+        assert_eq!(duplicates, KEYS, "{url}: samples reported as duplicates");
+        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sqal_samples")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(rows, KEYS as i64, "{url}");
+        assert!(!tokens.is_empty(), "{url}: no compliant sample");
+        assert_verified(&store, url, &tokens).await;
         store.close().await;
     }
 }
