@@ -13,15 +13,14 @@ use tokio::sync::oneshot;
 /// Largest batch one transaction stores.
 pub const MAX_BATCH: usize = 64;
 
-/// Writer tasks at once. SQLite has one write connection. On PostgreSQL a
-/// second writer builds and sends its batch while the first waits for its
-/// commit: with bench/ingest_load.py on 2 cores, 5-13 % more samples per
-/// second once a sample no longer read its lot (BENCHMARKS.md). More
-/// writers would mostly wait for each other's chain locks.
+/// Writer tasks at once. SQLite has one write connection. On PostgreSQL,
+/// with bench/ingest_load.py on 2 cores, a second writer gave between 4 %
+/// fewer and 13 % more samples per second than one, with more PostgreSQL
+/// CPU per sample and a higher median latency (BENCHMARKS.md), so one is
+/// kept there too.
 fn max_writers(engine: Engine) -> usize {
     match engine {
-        Engine::Sqlite => 1,
-        Engine::Postgres => 2,
+        Engine::Sqlite | Engine::Postgres => 1,
     }
 }
 
@@ -161,9 +160,10 @@ impl Writer {
 /// whole, its samples are stored one by one, so that one bad sample fails
 /// alone.
 async fn write(store: &Store, public_url: &str, mut batch: Vec<Waiting>) {
-    // Sorted, two writers insert shared keys (a sample a device resent) in
-    // the same order and cannot deadlock on them. The sort is stable, so the
-    // first of two equal samples still owns the row.
+    // Sorted, the writers of two instances sharing a PostgreSQL database
+    // insert shared keys (a sample a device resent to each) in the same
+    // order and cannot deadlock on them. The sort is stable, so the first
+    // of two equal samples still owns the row.
     batch.sort_by(|a, b| {
         (a.sample.code_lot.as_str(), a.sample.sample_index)
             .cmp(&(b.sample.code_lot.as_str(), b.sample.sample_index))
