@@ -23,8 +23,8 @@ use chain::store::{Engine, Store};
 use config::Config;
 use leptos::config::LeptosOptions;
 use leptos::prelude::provide_context;
-use leptos_axum::{generate_route_list, LeptosRoutes};
-use std::sync::Arc;
+use leptos_axum::{generate_route_list, AxumRouteListing, LeptosRoutes};
+use std::sync::{Arc, OnceLock};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -120,8 +120,17 @@ pub async fn build(config: Config) -> anyhow::Result<Application> {
     })
 }
 
+/// Returns the app's routes, listed once per process. Listing them runs the
+/// app with resource loading suspended for the whole process (a global flag
+/// in leptos_server 0.8), so a page that another server in the same process
+/// renders meanwhile waits forever for its data. Tests start many servers.
+fn route_list() -> Vec<AxumRouteListing> {
+    static ROUTES: OnceLock<Vec<AxumRouteListing>> = OnceLock::new();
+    ROUTES.get_or_init(|| generate_route_list(App)).clone()
+}
+
 fn router(state: AppState) -> Router {
-    let routes = generate_route_list(App);
+    let routes = route_list();
     let services = state.services.clone();
     let leptos = state.leptos.clone();
     let guard = state.guard.clone();

@@ -817,6 +817,38 @@ async fn admin_token_guards_operator_routes_only() {
     assert_eq!(status, 404);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_render_while_servers_start() {
+    // Other servers of the same process start meanwhile, as tests do. The
+    // unknown token renders the not-found page through the page's resource.
+    let app = TestApp::start().await;
+    let starting = tokio::spawn(async {
+        for _ in 0..8 {
+            drop(TestApp::start().await);
+        }
+    });
+    let url = format!("{}/trace/AAAAAAAAAAAAAAAAAAAAAA", app.base);
+    for round in 0..24 {
+        let sent = app.client.get(&url).send();
+        let response = tokio::time::timeout(std::time::Duration::from_secs(10), sent)
+            .await
+            .unwrap_or_else(|_| {
+                panic!("round {round}: timed out after 10 s waiting for the response")
+            })
+            .unwrap();
+        assert_eq!(response.status(), 404, "round {round}");
+        let body = tokio::time::timeout(std::time::Duration::from_secs(10), response.text())
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: timed out after 10 s reading the page"))
+            .unwrap();
+        assert!(
+            body.contains("Produit introuvable"),
+            "round {round}: {body}"
+        );
+    }
+    starting.await.expect("servers started");
+}
+
 #[tokio::test]
 async fn cross_site_posts_are_rejected() {
     let app = TestApp::start().await;
