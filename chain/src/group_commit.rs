@@ -160,10 +160,10 @@ impl Writer {
 /// whole, its samples are stored one by one, so that one bad sample fails
 /// alone.
 async fn write(store: &Store, public_url: &str, mut batch: Vec<Waiting>) {
-    // Sorted, the writers of two instances sharing a PostgreSQL database
-    // insert shared keys (a sample a device resent to each) in the same
-    // order and cannot deadlock on them. The sort is stable, so the first
-    // of two equal samples still owns the row.
+    // Sorted, two instances sharing a PostgreSQL database take the unique
+    // keys of a sample resent to both in the same order, so they cannot
+    // deadlock on them. The sort is stable, so the first of two equal
+    // samples keeps the row.
     batch.sort_by(|a, b| {
         (a.sample.code_lot.as_str(), a.sample.sample_index)
             .cmp(&(b.sample.code_lot.as_str(), b.sample.sample_index))

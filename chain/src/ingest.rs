@@ -73,22 +73,20 @@ impl SamplePayload {
     }
 }
 
-/// Lots known to be ready for slaughter, with their run, so that a device
-/// sending a lot's samples one after another costs one read of the lot,
-/// not one per sample. No statement moves a lot out of `pret_abattage`,
-/// deletes it or changes its run, so an entry cannot go stale. Only lots
-/// found ready are kept.
+/// Cache of the lots found ready for slaughter, with their run, so that a
+/// lot is read once and not once per sample. No statement moves a lot out of
+/// `pret_abattage`, deletes it or changes its run, so an entry cannot go stale.
 #[derive(Clone, Default)]
 pub struct ReadyLots {
     runs: Arc<Mutex<HashMap<String, String>>>,
 }
 
 impl ReadyLots {
-    /// Lots kept at most; past this the cache starts again empty. Far more
-    /// than the lots a cooperative inspects at once.
+    /// Largest number of lots kept. Past it the cache starts again empty.
     pub const CAPACITY: usize = 4096;
 
-    /// Run of `code_lot` if it is known to be ready for slaughter.
+    /// Returns the run of `code_lot` if the lot is known to be ready for
+    /// slaughter.
     pub fn run_of(&self, code_lot: &str) -> Option<String> {
         self.runs
             .lock()
@@ -106,7 +104,7 @@ impl ReadyLots {
         runs.insert(code_lot.to_string(), run_id.to_string());
     }
 
-    /// Lots currently kept.
+    /// Returns the number of lots kept.
     pub fn len(&self) -> usize {
         self.runs.lock().expect("ready lots lock").len()
     }

@@ -320,7 +320,7 @@ pub async fn insert(
     Ok(())
 }
 
-/// An insert of `count` events, its parameters numbered from `first`.
+/// Returns an insert of `count` events, its parameters numbered from `first`.
 pub(crate) fn insert_statement(engine: Engine, first: usize, count: usize) -> String {
     format!(
         "INSERT INTO trace_events (code_lot, seq, kind, payload, prev_hash, hash, recorded_at) VALUES {}",

@@ -243,9 +243,8 @@ pub(crate) fn placeholder_rows(engine: Engine, rows: usize, columns: usize) -> S
     placeholder_rows_from(engine, 1, rows, columns)
 }
 
-/// Placeholders of a multi-row `VALUES` list as `placeholder_rows` writes
-/// them, numbered from `first` on PostgreSQL: for a statement that binds
-/// other parameters before these.
+/// Returns the placeholders of a multi-row `VALUES` list, as
+/// `placeholder_rows` does, numbered from `first` on PostgreSQL.
 pub(crate) fn placeholder_rows_from(
     engine: Engine,
     first: usize,
@@ -1224,8 +1223,8 @@ impl Store {
     }
 
     /// Inserts products and chain events with one statement, the products
-    /// in a data-modifying `WITH`: PostgreSQL only, and a round trip fewer
-    /// in each batch of samples.
+    /// in a data-modifying `WITH`. PostgreSQL only, where it saves each
+    /// batch of samples a round trip.
     async fn insert_products_and_events(
         tx: &mut sqlx::AnyConnection,
         products: &[(i64, ProductView)],
@@ -1252,7 +1251,7 @@ impl Store {
         Ok(())
     }
 
-    /// An insert of `count` products, its parameters numbered from 1.
+    /// Returns an insert of `count` products, its parameters numbered from 1.
     fn products_statement(engine: Engine, count: usize) -> String {
         format!(
             "INSERT INTO products (product_id, token, sample_id, code_lot, grade, final_score, tof_score, \

@@ -977,6 +977,14 @@ async fn two_ready_lots(url: &str) -> (Store, [String; 2]) {
     (store, lots)
 }
 
+/// Returns a device payload for sample `index` of `code_lot`, measured on a
+/// simulated 560 g liver of latent quality 0.9, drawn from `seed`.
+fn simulated_payload(code_lot: &str, index: u32, seed: u64) -> SamplePayload {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let measurement = simulate(&mut rng, 0.9, 560.0);
+    SamplePayload::new("ESP32_LL_01", code_lot, index, measurement)
+}
+
 /// Checks the hash chain behind each product token.
 async fn assert_verified(store: &Store, url: &str, tokens: &[String]) {
     for token in tokens {
@@ -1003,10 +1011,7 @@ async fn concurrent_ingest_stores_every_sample() {
             let services = services.clone();
             let code_lot = lots[(request % 2) as usize].clone();
             requests.spawn(async move {
-                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(request as u64);
-                let measurement = simulate(&mut rng, 0.9, 560.0);
-                let payload =
-                    SamplePayload::new("ESP32_LL_01", &code_lot, request / 2, measurement);
+                let payload = simulated_payload(&code_lot, request / 2, request as u64);
                 services.ingest_sample(&payload).await
             });
         }
@@ -1056,9 +1061,7 @@ async fn resent_samples_stored_once_concurrently() {
             let services = services.clone();
             let code_lot = lots[(key % 2) as usize].clone();
             requests.spawn(async move {
-                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(key as u64);
-                let measurement = simulate(&mut rng, 0.9, 560.0);
-                let payload = SamplePayload::new("ESP32_LL_01", &code_lot, key / 2, measurement);
+                let payload = simulated_payload(&code_lot, key / 2, key as u64);
                 services.ingest_sample(&payload).await
             });
         }
@@ -1095,20 +1098,12 @@ async fn ingest_remembers_only_lots_ready_for_slaughter() {
         store.insert_gavage_run("R1", 1, 1000.0, 7).await.unwrap();
         let code_lot = new_lot(&store, "R1").await;
         let services = Services::new(store.clone(), "http://127.0.0.1:3000");
-        let payload = |index| {
-            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(index as u64);
-            SamplePayload::new(
-                "ESP32_LL_01",
-                &code_lot,
-                index,
-                simulate(&mut rng, 0.9, 560.0),
-            )
-        };
+        let payload = |index: u32| simulated_payload(&code_lot, index, index as u64);
 
-        let refused = services.ingest_sample(&payload(0)).await.unwrap_err();
+        let rejected = services.ingest_sample(&payload(0)).await.unwrap_err();
         assert!(
-            refused.to_string().contains("en_gavage"),
-            "{url}: a lot in gavage should be refused, got {refused}"
+            rejected.to_string().contains("en_gavage"),
+            "{url}: a lot in gavage should be rejected, got {rejected}"
         );
         assert_eq!(
             services.ready_lots.run_of(&code_lot),
